@@ -1,0 +1,172 @@
+"""The command line: ``python -m kdlab train|reproduce|bench …``.
+
+Every bad argument ends in a one-line error on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .data import DATASETS, DatasetNotFoundError
+from .methods import METHODS, get_method, parse_value
+from .profiles import profile
+
+
+class UsageError(Exception):
+    """A bad command-line argument: reported on one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + error
+        raise UsageError(message)
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train one method once and write its run folder")
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(sorted(METHODS))}")
+    p.add_argument("--models", required=True, help="comma-separated architectures, one per network")
+    p.add_argument("--teacher", help="the teacher's architecture (methods with a teacher)")
+    p.add_argument("--teacher-checkpoint", help="a trained teacher saved by kdlab (networks/*.pt)")
+    p.add_argument("--teacher-epochs", type=int, help="epochs to train the teacher first (kd)")
+    p.add_argument("--dataset", help=f"one of: {', '.join(DATASETS)} (default: the profile's)")
+    p.add_argument("--data-root", default="data", help="the dataset cache folder")
+    p.add_argument("--train-size", type=int, help="a fixed class-balanced training subset")
+    p.add_argument("--profile", help="smoke, lab or paper (default: $KDLAB_PROFILE or lab)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--schedule", choices=["step", "cosine", "constant"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--out", required=True, help="the run folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method parameter, e.g. --set temperature=2 (repeatable)",
+    )
+
+
+def _method_params(method: str, assignments: Sequence[str]) -> dict:
+    method_cls = get_method(method)
+    params = {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        params[key.strip()] = parse_value(method_cls, key.strip(), text.strip())
+    return params
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import run
+
+    method_cls = get_method(args.method)
+    params = _method_params(args.method, args.set)
+    prof = profile(
+        args.profile,
+        dataset=args.dataset,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        schedule=args.schedule,
+        train_size=args.train_size,
+    )
+    dataset = prof.load_dataset(args.data_root)
+    config = prof.train_config(seed=args.seed, device=args.device, precision=args.precision)
+    out = Path(args.out)
+    teacher = args.teacher_checkpoint
+    if method_cls.teacher_mode is None and (args.teacher or args.teacher_checkpoint):
+        raise UsageError(f"method {args.method!r} has no teacher; drop --teacher")
+    if method_cls.teacher_mode is not None and not (args.teacher or args.teacher_checkpoint):
+        raise UsageError(f"method {args.method!r} needs --teacher ARCH or --teacher-checkpoint PATH")
+    if teacher is None and method_cls.teacher_mode == "pretrained":
+        # Offline distillation: train the teacher first, on the same data and seed.
+        teacher_config = prof.train_config(
+            seed=args.seed,
+            device=args.device,
+            precision=args.precision,
+            epochs=args.teacher_epochs or config.epochs,
+        )
+        print(f"training the teacher {args.teacher} first → {out / 'teacher'}", file=sys.stderr)
+        teacher_run = run(
+            "independent",
+            [args.teacher],
+            dataset,
+            config=teacher_config,
+            out=out / "teacher",
+            resume=args.resume and (out / "teacher" / "checkpoint.pt").exists(),
+            progress=not args.no_progress,
+        )
+        teacher = str(out / "teacher" / "networks" / "net1.pt")
+        del teacher_run
+    elif teacher is None:
+        teacher = args.teacher
+    result = run(
+        args.method,
+        args.models,
+        dataset,
+        teacher=teacher,
+        config=config,
+        out=out,
+        resume=args.resume,
+        progress=not args.no_progress,
+        **params,
+    )
+    for name, entry in result.summary["networks"].items():
+        print(
+            f"{name:>10}: final {entry['final_acc']:.2f} %, best {entry['best_acc']:.2f} % "
+            f"(epoch {entry['best_epoch']})"
+        )
+    print(f"wrote {out}/config.json, metrics.jsonl, summary.json")
+    return 0
+
+
+# Further commands live in their own modules, each with add_arguments(parser) and main(args).
+_COMMANDS = {
+    "reproduce": ("kdlab.reproduce", "run a grid of notebooks and aggregate a results table"),
+    "bench": ("kdlab.bench", "measure training speed against the common training loop"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m kdlab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train(sub)
+    for name, (module_name, help_text) in _COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue
+        module.add_arguments(sub.add_parser(name, help=help_text))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "train":
+            return cmd_train(args)
+        module = importlib.import_module(_COMMANDS[args.command][0])
+        return module.main(args)
+    except (UsageError, ValueError, DatasetNotFoundError, FileNotFoundError) as error:
+        print(f"kdlab: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdlab: interrupted; the last finished epoch is checkpointed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,387 @@
+"""Datasets and the device-resident batch loader.
+
+Every dataset is held as uint8 images (N×C×H×W) and int64 labels. The loader keeps them on the
+training device and does the whole input pipeline there, per batch: shuffle (``torch.randperm``
+on the device), random crop with zero padding, horizontal flip, conversion to float and
+normalisation. The same code runs on a CPU. No worker processes, no PIL, no host round trip.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["ImageDataset", "DeviceLoader", "load_dataset", "DATASETS", "DatasetNotFoundError"]
+
+DATASETS = ("digits", "cifar10", "cifar100", "pathmnist")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is not in the cache folder and could not be downloaded."""
+
+
+@dataclass
+class ImageDataset:
+    """A classification dataset as uint8 tensors, with how to augment and normalise it."""
+
+    name: str
+    train_images: torch.Tensor  # uint8, N×C×H×W
+    train_labels: torch.Tensor  # int64, N
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: list[str]
+    padding: int = 4  # random-crop padding, in pixels (0: no crop)
+    flip: bool = True  # random horizontal flip (off where a flip changes the class)
+    mean: tuple[float, ...] = field(default=())
+    std: tuple[float, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.mean:  # per-channel statistics of the training images, in [0, 1] units
+            x = self.train_images.float().div(255)
+            self.mean = tuple(x.mean(dim=(0, 2, 3)).tolist())
+            self.std = tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return self.train_images.shape[1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.train_images.shape[2:])
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageDataset({self.name!r}: {len(self.train_labels)} train / "
+            f"{len(self.test_labels)} test images of {self.in_channels}×"
+            f"{self.image_size[0]}×{self.image_size[1]}, {self.num_classes} classes)"
+        )
+
+    def subset(self, train_size: int | None, seed: int = 0) -> ImageDataset:
+        """The same dataset with a fixed, class-balanced subset of ``train_size`` training images."""
+        if train_size is None or train_size >= len(self.train_labels):
+            return self
+        if train_size < self.num_classes:
+            raise ValueError(f"train_size={train_size} is smaller than the number of classes")
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(self.train_labels), generator=g)
+        # Round-robin over classes keeps the subset balanced.
+        per_class = [order[self.train_labels[order] == c] for c in range(self.num_classes)]
+        picked, i = [], 0
+        while len(picked) < train_size:
+            for idx in per_class:
+                if i < len(idx) and len(picked) < train_size:
+                    picked.append(int(idx[i]))
+            i += 1
+        keep = torch.tensor(sorted(picked))
+        return ImageDataset(
+            self.name,
+            self.train_images[keep],
+            self.train_labels[keep],
+            self.test_images,
+            self.test_labels,
+            self.classes,
+            self.padding,
+            self.flip,
+            self.mean,
+            self.std,
+        )
+
+
+def _digits() -> ImageDataset:
+    """scikit-learn's bundled 8×8 handwritten digits (1,797 images): no network needed.
+
+    Fixed split: a stratified 70 % / 30 % train/test split with random_state 0. No flips
+    (a mirrored digit is another symbol), 1-pixel crop padding.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = np.round(bunch.images * (255 / 16)).astype(np.uint8)[:, None]  # N×1×8×8
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        images, bunch.target, test_size=0.3, random_state=0, stratify=bunch.target
+    )
+    return ImageDataset(
+        "digits",
+        torch.from_numpy(x_tr),
+        torch.from_numpy(y_tr).long(),
+        torch.from_numpy(x_te),
+        torch.from_numpy(y_te).long(),
+        [str(d) for d in range(10)],
+        padding=1,
+        flip=False,
+    )
+
+
+_CIFAR = {
+    "cifar10": dict(
+        folder="cifar-10-batches-py",
+        archive="cifar-10-python.tar.gz",
+        train=[f"data_batch_{i}" for i in range(1, 6)],
+        test=["test_batch"],
+        labels="labels",
+        meta=("batches.meta", "label_names"),
+    ),
+    "cifar100": dict(
+        folder="cifar-100-python",
+        archive="cifar-100-python.tar.gz",
+        train=["train"],
+        test=["test"],
+        labels="fine_labels",
+        meta=("meta", "fine_label_names"),
+    ),
+}
+
+
+def _read_cifar_batches(folder: Path, files: list[str], label_key: str):
+    images, labels = [], []
+    for name in files:
+        with open(folder / name, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(entry[label_key])
+    return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long)
+
+
+def _cifar(name: str, root: Path, download: bool) -> ImageDataset:
+    """CIFAR-10/100 in the CIFAR "python version" format, cached under ``root``.
+
+    An extracted folder in ``root`` is read directly; otherwise torchvision downloads the
+    archive into ``root`` and verifies its MD5 checksum.
+    """
+    spec = _CIFAR[name]
+    folder = root / spec["folder"]
+    if not folder.is_dir():
+        error = None
+        if download:
+            import torchvision
+
+            cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+            try:
+                cls(str(root), train=True, download=True)
+            except Exception as exc:  # offline, or a corrupt archive
+                error = exc
+        if not folder.is_dir():
+            reason = f" (download failed: {error})" if error else ""
+            raise DatasetNotFoundError(
+                f"{name} is not in {root}/ and could not be downloaded{reason}. Put "
+                f"{spec['archive']} or its extracted folder {spec['folder']}/ into {root}/; "
+                f"the 'digits' dataset works offline."
+            )
+    train_x, train_y = _read_cifar_batches(folder, spec["train"], spec["labels"])
+    test_x, test_y = _read_cifar_batches(folder, spec["test"], spec["labels"])
+    meta_file, meta_key = spec["meta"]
+    if (folder / meta_file).exists():
+        with open(folder / meta_file, "rb") as f:
+            classes = list(pickle.load(f, encoding="latin1")[meta_key])
+    else:
+        classes = [str(c) for c in range(int(max(train_y.max(), test_y.max())) + 1)]
+    return ImageDataset(name, train_x, train_y, test_x, test_y, classes, padding=4, flip=True)
+
+
+PATHMNIST_CLASSES = [
+    "adipose", "background", "debris", "lymphocytes", "mucus",
+    "smooth muscle", "normal colon mucosa", "cancer-associated stroma", "colorectal adenocarcinoma",
+]  # fmt: skip
+
+
+def _pathmnist(root: Path, download: bool) -> ImageDataset:
+    """MedMNIST's PathMNIST: colorectal cancer histology, 9 tissue classes, 28×28 RGB.
+
+    Read from ``root/pathmnist.npz`` (MedMNIST's format: ``train_images`` N×28×28×3 uint8,
+    ``train_labels`` N×1, likewise ``test_*``); when absent, the optional ``medmnist`` package
+    downloads it there. The validation split is not used.
+    """
+    path = root / "pathmnist.npz"
+    if not path.exists() and download:
+        try:
+            import medmnist
+
+            root.mkdir(parents=True, exist_ok=True)
+            medmnist.PathMNIST(split="test", download=True, root=str(root))
+        except ImportError:
+            pass
+        except Exception:  # offline: fall through to the error below
+            pass
+    if not path.exists():
+        raise DatasetNotFoundError(
+            f"pathmnist is not in {root}/ and could not be downloaded: put pathmnist.npz "
+            f"(MedMNIST v2) at {path}, or install the extra with pip install \"kdlab[medmnist]\" "
+            f"on a machine with network; the 'digits' dataset works offline."
+        )
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in ("train_images", "train_labels", "test_images", "test_labels")}
+
+    def images(a: np.ndarray) -> torch.Tensor:
+        a = a[..., None] if a.ndim == 3 else a  # grayscale MedMNIST sets are N×H×W
+        return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(torch.uint8)
+
+    def labels(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a.reshape(-1).astype(np.int64))
+
+    return ImageDataset(
+        "pathmnist",
+        images(arrays["train_images"]),
+        labels(arrays["train_labels"]),
+        images(arrays["test_images"]),
+        labels(arrays["test_labels"]),
+        PATHMNIST_CLASSES,
+        padding=2,
+        flip=True,
+    )
+
+
+def load_dataset(
+    name: str = "digits",
+    root: str | Path = "data",
+    train_size: int | None = None,
+    download: bool = True,
+) -> ImageDataset:
+    """Load a dataset as uint8 tensors.
+
+    - ``"digits"`` (the embedded default): scikit-learn's handwritten digits, works offline.
+    - ``"cifar10"``, ``"cifar100"``: through torchvision, downloaded into ``root`` and verified.
+    - ``"pathmnist"``: MedMNIST's colorectal histology (the optional ``medmnist`` extra).
+
+    ``train_size`` keeps a fixed, class-balanced subset of the training split (the test split
+    is always whole). Raises ValueError for an unknown name and DatasetNotFoundError, naming
+    the files and where they go, when a dataset is absent and cannot be downloaded.
+    """
+    root = Path(root)
+    if name == "digits":
+        dataset = _digits()
+    elif name in _CIFAR:
+        dataset = _cifar(name, root, download)
+    elif name == "pathmnist":
+        dataset = _pathmnist(root, download)
+    else:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return dataset.subset(train_size)
+
+
+class DeviceLoader:
+    """Batches of a uint8 image tensor kept on the training device, augmented there.
+
+    Each epoch: a permutation from ``torch.randperm`` on the device (every sample once), split
+    into ``ceil(N / batch_size)`` batches of near-equal size (so no tiny last batch reaches
+    BatchNorm); with ``augment``, a random crop of the zero-padded image (``dataset.padding``
+    pixels) and, where ``dataset.flip``, a horizontal flip with probability ½, drawn per sample;
+    then ``(x / 255 − mean) / std`` in float32.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        shuffle: bool = False,
+        augment: bool = False,
+        padding: int = 0,
+        flip: bool = False,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        channels_last: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.batch_size = batch_size
+        self.shuffle, self.augment, self.padding, self.flip = shuffle, augment, padding, flip
+        self.channels_last = channels_last
+        shape = (1, -1, 1, 1)
+        self.mean = torch.tensor(mean, device=self.device).view(shape) * 255
+        self.std = torch.tensor(std, device=self.device).view(shape) * 255
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+
+    @classmethod
+    def train(cls, dataset: ImageDataset, batch_size: int, device, seed: int = 0, **kw):
+        """The shuffled, augmented loader over the training split."""
+        return cls(
+            dataset.train_images,
+            dataset.train_labels,
+            batch_size,
+            mean=dataset.mean,
+            std=dataset.std,
+            shuffle=True,
+            augment=True,
+            padding=dataset.padding,
+            flip=dataset.flip,
+            device=device,
+            seed=seed,
+            **kw,
+        )
+
+    @classmethod
+    def test(cls, dataset: ImageDataset, batch_size: int, device, **kw):
+        """The test split in order, without augmentation."""
+        return cls(
+            dataset.test_images,
+            dataset.test_labels,
+            batch_size,
+            mean=dataset.mean,
+            std=dataset.std,
+            device=device,
+            **kw,
+        )
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    @property
+    def min_batch_size(self) -> int:
+        """The size of the smallest batch of an epoch."""
+        return len(self.labels) // len(self)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"].cpu())
+
+    def _crop_and_flip(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        p = self.padding
+        if p > 0:
+            x = F.pad(x, (p, p, p, p))
+            dy = torch.randint(0, 2 * p + 1, (b, 1), device=x.device, generator=self.generator)
+            dx = torch.randint(0, 2 * p + 1, (b, 1), device=x.device, generator=self.generator)
+            rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]  # B×1×H×1
+            cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]  # B×1×1×W
+            batch = torch.arange(b, device=x.device)[:, None, None, None]
+            channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+            x = x[batch, channel, rows, cols]
+        if self.flip:
+            mask = torch.rand(b, device=x.device, generator=self.generator) < 0.5
+            x = torch.where(mask[:, None, None, None], x.flip(3), x)
+        return x
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        if self.shuffle:
+            order = torch.randperm(n, device=self.device, generator=self.generator)
+        else:
+            order = torch.arange(n, device=self.device)
+        for idx in torch.tensor_split(order, len(self)):
+            x = self.images[idx]
+            if self.augment:
+                x = self._crop_and_flip(x)
+            x = (x.float() - self.mean) / self.std
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[idx]

@@ -1,0 +1,156 @@
+"""Loss functions of the kit: pure functions of tensors that depend on torch alone.
+
+Conventions (METHODS.md, "Notation"):
+
+- ``p^T = softmax(z / T)``; ``sg(x)`` is ``x.detach()``: a network never receives gradient
+  through another network's output, so every "teacher" or "peer" argument below is detached here.
+- ``KL(p‖q) = Σ_c p_c log(p_c / q_c)``, summed over classes and averaged over the batch
+  (``reduction="batchmean"``). ``F.kl_div(log q, p)`` computes ``KL(p‖q)``: the *target*
+  distribution comes second.
+- Loss weights (α, λ, β, ...) are not applied here; the methods apply them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "cross_entropy",
+    "kl_divergence",
+    "kd_loss",
+    "mutual_kl",
+    "js_divergence",
+    "probability_distance",
+    "topology_loss",
+]
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``CE(y, z) = −mean_i log softmax(z_i)[y_i]``, the loss of independent training."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def kl_divergence(target_logits: torch.Tensor, logits: torch.Tensor, temperature: float = 1.0):
+    """``KL(sg p_target^T ‖ p^T)``, batchmean: the pull of ``logits`` towards ``target_logits``.
+
+    Gradient flows into ``logits`` only; ``target_logits`` is detached.
+    """
+    _check_temperature(temperature)
+    log_p = F.log_softmax(logits.float() / temperature, dim=1)
+    target = F.softmax(target_logits.detach().float() / temperature, dim=1)
+    return F.kl_div(log_p, target, reduction="batchmean")
+
+
+def kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0
+) -> torch.Tensor:
+    """Hinton's soft-target term ``T² · KL(sg p_t^T ‖ p_s^T)``, batchmean.
+
+    The T² keeps the gradient on the scale of the cross-entropy as T changes (Hinton et al.
+    2015, §2). The teacher is detached. The weight α is applied by the method
+    (``(1 − α)·CE + α·kd_loss``, METHODS.md §2).
+    """
+    return temperature**2 * kl_divergence(teacher_logits, student_logits, temperature)
+
+
+def mutual_kl(
+    logits: torch.Tensor, peer_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """DML's mimicry term ``KL(sg p_peer^T ‖ p^T)``, batchmean (no T² factor; DML uses T = 1).
+
+    The peer is detached: this term trains the network that produced ``logits`` only.
+    """
+    return kl_divergence(peer_logits, logits, temperature)
+
+
+def js_divergence(logits: torch.Tensor, peer_logits: torch.Tensor) -> torch.Tensor:
+    """Jensen–Shannon divergence ``JS(p, sg p_peer) = ½ KL(p‖m) + ½ KL(p_peer‖m)``, m = ½(p + p_peer).
+
+    Batchmean, natural log: symmetric in value, 0 iff the distributions are equal, at most ln 2.
+    The peer is detached (gradient reaches ``logits`` only, through both halves and through m).
+    """
+    log_p = F.log_softmax(logits.float(), dim=1)
+    log_q = F.log_softmax(peer_logits.detach().float(), dim=1)
+    # log m = log(½(p + q)) computed stably in log space.
+    log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)
+    kl_pm = (log_p.exp() * (log_p - log_m)).sum(dim=1)
+    kl_qm = (log_q.exp() * (log_q - log_m)).sum(dim=1)
+    return (0.5 * (kl_pm + kl_qm)).mean()
+
+
+def probability_distance(logits: torch.Tensor, peer_logits: torch.Tensor, kind: str):
+    """A divergence between ``p = softmax(logits)`` and ``sg p_peer``, batchmean.
+
+    ``kind``: ``"kl"`` = KL(sg p_peer ‖ p) (DML's term), ``"js"`` = JS(p, sg p_peer),
+    ``"l1"`` = Σ_c |p_c − q_c|, ``"l2"`` = Σ_c (p_c − q_c)² (the alternatives of TADML Table 1).
+    """
+    if kind == "kl":
+        return mutual_kl(logits, peer_logits)
+    if kind == "js":
+        return js_divergence(logits, peer_logits)
+    p = F.softmax(logits.float(), dim=1)
+    q = F.softmax(peer_logits.detach().float(), dim=1)
+    if kind == "l1":
+        return (p - q).abs().sum(dim=1).mean()
+    if kind == "l2":
+        return (p - q).pow(2).sum(dim=1).mean()
+    raise ValueError(f"unknown divergence {kind!r}; choose one of: js, kl, l1, l2")
+
+
+def _neighbour_logits(h: torch.Tensor, index: torch.Tensor, tau: float) -> torch.Tensor:
+    """``cos(h_i, h_j) / τ`` for every anchor i and its neighbours j = index[i] (B×K)."""
+    h = F.normalize(h.float().flatten(1), dim=1)
+    return torch.einsum("bd,bkd->bk", h, h[index]) / tau
+
+
+def topology_loss(
+    embedding: torch.Tensor,
+    peer_embedding: torch.Tensor,
+    k: int = 16,
+    tau: float = 0.1,
+    sampling: str = "knn",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Local-topology agreement ``mean_i KL(sg q_peer(·|i) ‖ q(·|i))`` (METHODS.md §5, a reconstruction).
+
+    For every anchor i of the batch a set N_K(i) of K *other* samples is chosen — ``"knn"``:
+    its K nearest neighbours (cosine) in the detached peer's embedding; ``"random"``: K random
+    others — and on that set ``q(j | i) = softmax_j(cos(h_i, h_j) / τ)``. Embeddings are
+    L2-normalised here. The peer is detached; the KL is summed over the K neighbours and averaged
+    over the anchors.
+
+    Raises ValueError when K < 1 or K ≥ batch size (an anchor has only B − 1 others), τ ≤ 0, or the
+    strategy is unknown.
+    """
+    batch = embedding.shape[0]
+    if peer_embedding.shape[0] != batch:
+        raise ValueError("embedding and peer_embedding must have the same batch size")
+    if not 1 <= k < batch:
+        raise ValueError(
+            f"topology K={k} needs 1 ≤ K < batch size ({batch}): every anchor has only "
+            f"{batch - 1} other samples"
+        )
+    if not tau > 0:
+        raise ValueError(f"topology tau must be > 0, got {tau}")
+    peer = F.normalize(peer_embedding.detach().float().flatten(1), dim=1)
+    eye = torch.eye(batch, dtype=torch.bool, device=embedding.device)
+    if sampling == "knn":
+        similarity = (peer @ peer.T).masked_fill(eye, -float("inf"))
+        index = similarity.topk(k, dim=1).indices
+    elif sampling == "random":
+        # K distinct others per anchor: rank random scores with the anchor itself pushed last.
+        scores = torch.rand(batch, batch, device=embedding.device, generator=generator)
+        index = scores.masked_fill(eye, 2.0).topk(k, dim=1, largest=False).indices
+    else:
+        raise ValueError(f"unknown sampling strategy {sampling!r}; choose one of: knn, random")
+    log_q = F.log_softmax(_neighbour_logits(embedding, index, tau), dim=1)
+    target = F.softmax(_neighbour_logits(peer, index, tau), dim=1)
+    return F.kl_div(log_q, target, reduction="batchmean")

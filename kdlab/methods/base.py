@@ -1,0 +1,157 @@
+"""The one kind of object every method is: a :class:`Method` plugged into :func:`kdlab.fit`.
+
+A method owns its networks and says, for one batch, which named loss terms each network gets.
+The training loop owns everything else: devices, precision, optimizers and schedules, backward,
+logging, evaluation, checkpoints. Adding a method = one file in ``kdlab/methods/`` + a notebook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+Terms = dict[str, torch.Tensor]  # a network's named loss terms, e.g. {"ce": …, "kd": …}
+Update = Callable[[Mapping[str, Terms]], None]
+"""``update({name: terms, ...})``: the loop backpropagates the sum of every term of every named
+module and steps the optimizer of each named module (and no other)."""
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its ``name`` (CLI, grids, :func:`kdlab.run`)."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def check_weight(name: str, value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"{name} must be ≥ 0, got {value}")
+
+
+def check_temperature(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+
+
+@dataclasses.dataclass
+class NoParams:
+    """This method has no parameters of its own."""
+
+
+class Method(nn.Module):
+    """Base class of every method.
+
+    Subclasses set ``name``, a ``Params`` dataclass (the method's knobs with their defaults;
+    ``validate`` raises ValueError before any training), and implement :meth:`training_step`.
+
+    Attributes:
+        networks: the networks the loop trains with its SGD and schedule, by role name
+            (``net1``, ``peer1``, ``student``, ``teacher``…).
+        frozen: networks that are evaluated but never trained (a pretrained teacher).
+        auxiliary: further trained modules with optimizers of their own (discriminators).
+    """
+
+    name: ClassVar[str] = "base"
+    Params: ClassVar[type] = NoParams
+    min_networks: ClassVar[int] = 1
+    role: ClassVar[str] = "net"  # networks are named role1, role2, … (a lone student: student)
+    teacher_mode: ClassVar[str | None] = None  # None, "pretrained" (frozen) or "online" (trained too)
+
+    def __init__(self, networks: Mapping[str, nn.Module], **params: Any) -> None:
+        super().__init__()
+        self.params = make_params(self, params)
+        self.networks = nn.ModuleDict(dict(networks))
+        self.frozen = nn.ModuleDict()
+        self.auxiliary = nn.ModuleDict()
+        if len(self.networks) < self.min_networks:
+            raise ValueError(
+                f"method {self.name!r} needs at least {self.min_networks} networks, "
+                f"got {len(self.networks)}"
+            )
+        self.validate()
+
+    # -- what subclasses provide ------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ValueError for invalid parameter values (called before any training)."""
+
+    def training_step(self, x: torch.Tensor, y: torch.Tensor, update: Update) -> Terms:
+        """Compute the loss terms of one batch and hand them to ``update`` (once or more).
+
+        Returns further per-batch metrics to average over the epoch (e.g. a discriminator's
+        accuracy), as detached tensors; the loop logs every loss term it was handed itself.
+        """
+        raise NotImplementedError
+
+    def auxiliary_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Optimizers of the ``auxiliary`` modules, by the same names."""
+        return {}
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """Raise ValueError if a batch of ``batch_size`` samples is too small for the method."""
+
+    # -- shared behaviour ---------------------------------------------------------------------
+    def evaluated(self) -> dict[str, nn.Module]:
+        """Every network whose test accuracy is reported: the frozen ones first."""
+        return {**dict(self.frozen), **dict(self.networks)}
+
+    def ensemble_members(self) -> list[str]:
+        """The networks whose mean softmax is the reported ensemble (empty: no ensemble)."""
+        names = list(self.networks)
+        return names if len(names) >= 2 else []
+
+    def train(self, mode: bool = True) -> Method:
+        super().train(mode)
+        self.frozen.eval()  # a frozen teacher stays in eval mode (BatchNorm statistics fixed)
+        return self
+
+
+def make_params(method: Method | type[Method], given: Mapping[str, Any]):
+    """Build ``method.Params`` from keyword values, with a one-line error for unknown names."""
+    fields = {f.name for f in dataclasses.fields(method.Params)}
+    unknown = sorted(set(given) - fields)
+    if unknown:
+        known = ", ".join(sorted(fields)) or "none"
+        raise ValueError(
+            f"unknown parameter {unknown[0]!r} for method {method.name!r}; known: {known}"
+        )
+    return method.Params(**given)
+
+
+def parse_value(method: type[Method], key: str, text: str) -> Any:
+    """Convert ``--set key=text`` to the type of the parameter's default value."""
+    fields = {f.name: f for f in dataclasses.fields(method.Params)}
+    if key not in fields:
+        known = ", ".join(sorted(fields)) or "none"
+        raise ValueError(f"unknown parameter {key!r} for method {method.name!r}; known: {known}")
+    field = fields[key]
+    default = field.default
+    if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if isinstance(default, tuple):
+            return tuple(int(v) for v in text.replace("-", ",").split(",") if v)
+        if default is None and text.lower() == "none":
+            return None
+    except ValueError:
+        raise ValueError(
+            f"{key}={text!r}: expected a value like {default!r}"
+        ) from None
+    return text

@@ -1,0 +1,96 @@
+"""What every method reports every epoch on the held-out test split (METHODS.md, "Metrics").
+
+- top-1 accuracy of every network, in percent: ``acc/<name>``;
+- the ensemble's accuracy, from the *mean of the softmax outputs* of its members
+  (not a majority vote): ``acc/ensemble``;
+- for every pair of ensemble members, the fraction of test samples on which their top-1
+  predictions agree (``agree/<a>-<b>``, percent) and their mean JS divergence
+  (``js/<a>-<b>``, nats, at most ln 2).
+
+Everything is accumulated on the device; one host transfer at the end.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["evaluate", "ensemble_probabilities", "pairwise_js", "summarize"]
+
+
+def ensemble_probabilities(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The ensemble's prediction: the mean of the members' softmax outputs (B×C)."""
+    return torch.stack([F.softmax(z.float(), dim=1) for z in logits]).mean(0)
+
+
+def pairwise_js(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``JS(p, q)`` between two batches of probability vectors (natural log)."""
+    m = 0.5 * (p + q)
+
+    def kl(a: torch.Tensor) -> torch.Tensor:
+        return torch.xlogy(a, a).sum(1) - (a * m.clamp_min(1e-30).log()).sum(1)
+
+    return (0.5 * (kl(p) + kl(q))).clamp_min(0.0)
+
+
+@torch.no_grad()
+def evaluate(
+    networks: Mapping[str, nn.Module],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    ensemble: Sequence[str] = (),
+    autocast=None,
+) -> dict[str, float]:
+    """Test metrics of ``networks`` over ``batches``; ``ensemble`` names the ensemble members.
+
+    The networks are put in eval mode for the pass and returned to their previous mode.
+    """
+    modes = {name: net.training for name, net in networks.items()}
+    for net in networks.values():
+        net.eval()
+    pairs = list(itertools.combinations(ensemble, 2))
+    correct = {name: 0 for name in networks}
+    if len(ensemble) >= 2:
+        correct["ensemble"] = 0
+    agree = {pair: 0 for pair in pairs}
+    js = {pair: 0 for pair in pairs}
+    count, device = 0, "cpu"
+    for x, y in batches:
+        device = y.device
+        if autocast is not None:
+            with autocast():
+                logits = {name: net(x).float() for name, net in networks.items()}
+        else:
+            logits = {name: net(x).float() for name, net in networks.items()}
+        preds = {name: z.argmax(1) for name, z in logits.items()}
+        for name in networks:
+            correct[name] = correct[name] + (preds[name] == y).sum()
+        if len(ensemble) >= 2:
+            probs = {name: F.softmax(logits[name], dim=1) for name in ensemble}
+            mean = torch.stack(list(probs.values())).mean(0)
+            correct["ensemble"] = correct["ensemble"] + (mean.argmax(1) == y).sum()
+            for a, b in pairs:
+                agree[(a, b)] = agree[(a, b)] + (preds[a] == preds[b]).sum()
+                js[(a, b)] = js[(a, b)] + pairwise_js(probs[a], probs[b]).sum()
+        count += len(y)
+    for name, net in networks.items():
+        net.train(modes[name])
+    keys = [f"acc/{n}" for n in correct]
+    keys += [f"agree/{a}-{b}" for a, b in pairs] + [f"js/{a}-{b}" for a, b in pairs]
+    values = [100 * c for c in correct.values()]
+    values += [100 * agree[p] for p in pairs] + [js[p] for p in pairs]
+    host = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
+    host = host.cpu() / count  # the one host transfer of the evaluation
+    return dict(zip(keys, host.tolist()))
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (0 for one value) and n."""
+    n = len(values)
+    mean = sum(values) / n if n else math.nan
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "n": n}

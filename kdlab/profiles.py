@@ -1,0 +1,118 @@
+"""Profiles: how big a run is, chosen once (``KDLAB_PROFILE``) for every notebook and command.
+
+- ``smoke``: seconds on a CPU, for the tests (digits, a few hundred images, 2 epochs, one seed).
+- ``lab`` (the default): one Colab T4 session per notebook. CIFAR-10 where it is available
+  (cached in ``data/`` or downloadable), otherwise the embedded digits set-up.
+- ``paper``: the published schedule of METHODS.md (CIFAR-100, 200 epochs, lr 0.1 ÷10 at 60,
+  120, 180, batch 64, three seeds), for a GPU.
+
+The embedded digits set-up is chosen so that distillation has room to show: the student
+(``cnn_tiny``, a few thousand parameters) trained alone on a 500-image subset stays several
+points below its teacher (``resnet20``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from .data import DatasetNotFoundError, ImageDataset, load_dataset
+from .train import TrainConfig
+
+__all__ = ["Profile", "PROFILES", "profile", "profile_name"]
+
+
+@dataclasses.dataclass
+class Profile:
+    """The sizes of a run. Any field can be overridden (papermill parameters, ``--set``)."""
+
+    name: str
+    dataset: str
+    epochs: int
+    batch_size: int
+    lr: float
+    schedule: str
+    seeds: tuple[int, ...]
+    teacher: str  # the teacher's architecture
+    student: str  # the students' / peers' architecture
+    train_size: int | None = None  # a fixed class-balanced subset of the training split
+    fallback_dataset: str | None = None  # used when ``dataset`` is absent and offline
+    fallback: dict[str, Any] = dataclasses.field(default_factory=dict)
+    weight_decay: float = 5e-4
+
+    def train_config(self, seed: int = 0, **overrides: Any) -> TrainConfig:
+        """The :class:`~kdlab.train.TrainConfig` of this profile for one seed."""
+        values = dict(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            schedule=self.schedule,
+            weight_decay=self.weight_decay,
+            seed=seed,
+        )
+        values.update(overrides)
+        return TrainConfig(**values)
+
+    def load_dataset(self, root: str = "data") -> ImageDataset:
+        """The profile's dataset; where it is absent offline, the fallback (with a note)."""
+        try:
+            return load_dataset(self.dataset, root, train_size=self.train_size)
+        except DatasetNotFoundError as error:
+            if not self.fallback_dataset:
+                raise
+            print(f"{error}\n→ the {self.name!r} profile uses {self.fallback_dataset!r} instead.")
+            for key, value in self.fallback.items():
+                setattr(self, key, value)
+            self.dataset = self.fallback_dataset
+            self.fallback_dataset = None
+            return load_dataset(self.dataset, root, train_size=self.train_size)
+
+
+_DIGITS_LAB = dict(
+    epochs=30, batch_size=64, lr=0.05, schedule="cosine", train_size=500,
+    teacher="resnet20", student="cnn_tiny",
+)  # fmt: skip
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        "smoke", "digits", epochs=2, batch_size=64, lr=0.05, schedule="cosine", seeds=(0,),
+        teacher="cnn_small", student="cnn_tiny", train_size=300,
+    ),
+    "lab": Profile(
+        "lab", "cifar10", epochs=15, batch_size=128, lr=0.1, schedule="cosine", seeds=(0, 1, 2),
+        teacher="resnet56", student="resnet20", fallback_dataset="digits", fallback=_DIGITS_LAB,
+    ),
+    "paper": Profile(
+        "paper", "cifar100", epochs=200, batch_size=64, lr=0.1, schedule="step",
+        seeds=(0, 1, 2), teacher="resnet110", student="resnet32",
+    ),
+}  # fmt: skip
+
+
+def profile_name(name: str | None = None) -> str:
+    """``name``, else ``$KDLAB_PROFILE``, else ``"lab"``; ValueError for an unknown one."""
+    name = name or os.environ.get("KDLAB_PROFILE") or "lab"
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)}")
+    return name
+
+
+def profile(name: str | None = None, **overrides: Any) -> Profile:
+    """A copy of the profile ``name`` (default: ``$KDLAB_PROFILE`` or ``lab``).
+
+    ``overrides`` whose value is None are ignored, so a notebook's papermill parameters can
+    default to None ("take the profile's value").
+    """
+    base = PROFILES[profile_name(name)]
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "seeds" in given:
+        given["seeds"] = tuple(given["seeds"])
+    fields = {f.name for f in dataclasses.fields(Profile)}
+    unknown = sorted(set(given) - fields)
+    if unknown:
+        raise ValueError(f"unknown profile setting {unknown[0]!r}; known: {', '.join(sorted(fields))}")
+    chosen = dataclasses.replace(base, **given)
+    if "dataset" in given:  # an explicit dataset has no fallback
+        chosen.fallback_dataset = None
+    return chosen
