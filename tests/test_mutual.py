@@ -290,9 +290,8 @@ def test_tadml_all_stages_averages_over_stages():
         calls = _collect(method, x, y)
         f1 = nets["peer1"](x, return_features=True)[1]
         f2 = nets["peer2"](x, return_features=True)[1]
-    per_stage = [
-        topology_loss(pooled_embedding(a), pooled_embedding(b), k=4) for a, b in zip(f1, f2, strict=True)
-    ]
+    pairs = zip(f1, f2, strict=True)
+    per_stage = [topology_loss(pooled_embedding(a), pooled_embedding(b), k=4) for a, b in pairs]
     expected = torch.stack(per_stage).mean()
     # BatchNorm in train mode gives the same batch statistics for the same x.
     assert calls[1]["peer1"]["topo"].item() == pytest.approx(expected.item(), rel=1e-4)
