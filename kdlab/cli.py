@@ -33,7 +33,7 @@ def _add_train(sub) -> None:
     p.add_argument("--teacher-checkpoint", help="a trained teacher saved by kdlab (networks/*.pt)")
     p.add_argument("--teacher-epochs", type=int, help="epochs to train the teacher first (kd)")
     p.add_argument("--dataset", help=f"one of: {', '.join(DATASETS)} (default: the profile's)")
-    p.add_argument("--data-root", default="data", help="the dataset cache folder")
+    p.add_argument("--data-root", help="the dataset cache folder (default: the checkout's data/)")
     p.add_argument("--train-size", type=int, help="a fixed class-balanced training subset")
     p.add_argument("--profile", help="smoke, lab or paper (default: $KDLAB_PROFILE or lab)")
     p.add_argument("--epochs", type=int)
@@ -87,7 +87,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if method_cls.teacher_mode is None and (args.teacher or args.teacher_checkpoint):
         raise UsageError(f"method {args.method!r} has no teacher; drop --teacher")
     if method_cls.teacher_mode is not None and not (args.teacher or args.teacher_checkpoint):
-        raise UsageError(f"method {args.method!r} needs --teacher ARCH or --teacher-checkpoint PATH")
+        raise UsageError(
+            f"method {args.method!r} needs --teacher ARCH or --teacher-checkpoint PATH"
+        )
     if teacher is None and method_cls.teacher_mode == "pretrained":
         # Offline distillation: train the teacher first, on the same data and seed.
         teacher_config = prof.train_config(
