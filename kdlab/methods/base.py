@@ -65,7 +65,9 @@ class Method(nn.Module):
     Params: ClassVar[type] = NoParams
     min_networks: ClassVar[int] = 1
     role: ClassVar[str] = "net"  # networks are named role1, role2, … (a lone student: student)
-    teacher_mode: ClassVar[str | None] = None  # None, "pretrained" (frozen) or "online" (trained too)
+    teacher_mode: ClassVar[str | None] = (
+        None  # None, "pretrained" (frozen) or "online" (trained too)
+    )
 
     def __init__(self, networks: Mapping[str, nn.Module], **params: Any) -> None:
         super().__init__()
@@ -154,7 +156,5 @@ def parse_value(method: type[Method], key: str, text: str) -> Any:
         if default is None and text.lower() == "none":
             return None
     except ValueError:
-        raise ValueError(
-            f"{key}={text!r}: expected a value like {default!r}"
-        ) from None
+        raise ValueError(f"{key}={text!r}: expected a value like {default!r}") from None
     return text
