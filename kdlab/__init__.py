@@ -24,7 +24,7 @@ from .train import (
 )
 
 __version__ = "0.1.0"
-REPOSITORY = "kdlab/kdlab"  # GitHub owner/name: the Colab badges and the install cell use it
+from .nbtools import REPOSITORY  # noqa: E402  (the Colab badges and set-up cells use it)
 
 __all__ = [
     "METHODS",

@@ -54,7 +54,7 @@ class Profile:
         values.update(overrides)
         return TrainConfig(**values)
 
-    def load_dataset(self, root: str = "data") -> ImageDataset:
+    def load_dataset(self, root: str | None = None) -> ImageDataset:
         """The profile's dataset; where it is absent offline, the fallback (with a note)."""
         try:
             return load_dataset(self.dataset, root, train_size=self.train_size)
@@ -111,7 +111,9 @@ def profile(name: str | None = None, **overrides: Any) -> Profile:
     fields = {f.name for f in dataclasses.fields(Profile)}
     unknown = sorted(set(given) - fields)
     if unknown:
-        raise ValueError(f"unknown profile setting {unknown[0]!r}; known: {', '.join(sorted(fields))}")
+        raise ValueError(
+            f"unknown profile setting {unknown[0]!r}; known: {', '.join(sorted(fields))}"
+        )
     chosen = dataclasses.replace(base, **given)
     if "dataset" in given:  # an explicit dataset has no fallback
         chosen.fallback_dataset = None

@@ -245,7 +245,9 @@ def fit(
     archs = dict(archs or {})
     device = pick_device(config.device)
     amp_dtype = pick_precision(config.precision, device)
-    channels_last = device.type == "cuda" if config.channels_last == "auto" else config.channels_last
+    channels_last = (
+        device.type == "cuda" if config.channels_last == "auto" else config.channels_last
+    )
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
