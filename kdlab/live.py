@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = ["show", "LivePlot", "panel", "train_panel", "figure_png", "slider", "dropdown"]
 
@@ -118,6 +119,7 @@ class LivePlot:
         for ax, kind in zip(axes, panels):
             ax.set_title(titles[kind], fontsize=10)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=7)

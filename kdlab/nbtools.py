@@ -26,6 +26,11 @@ if "google.colab" in sys.modules:
 """
 
 
+def repository_root() -> Path:
+    """The checkout kdlab runs from (where ``notebooks/`` is)."""
+    return Path(__file__).resolve().parents[1]
+
+
 def badge(notebook: str) -> str:
     """The "Open in Colab" badge (markdown) for ``notebooks/<notebook>``."""
     url = (
@@ -53,6 +58,23 @@ def environment() -> dict[str, str]:
     dtype = pick_precision("auto", device)
     info["precision"] = "fp32" if dtype is None else str(dtype).replace("torch.", "")
     return info
+
+
+def execute(notebook: Path, output: Path, parameters: dict | None = None, progress=False) -> Path:
+    """Run a notebook headless with papermill (parameters injected after its ``parameters``
+    cell), in the notebook's own folder; the executed copy is written to ``output``."""
+    import papermill
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(
+        str(notebook),
+        str(output),
+        parameters=parameters or {},
+        kernel_name="python3",
+        cwd=str(notebook.parent),
+        progress_bar=progress,
+    )
+    return output
 
 
 def _notebooks(root: Path) -> list[Path]:
@@ -93,7 +115,7 @@ def stamp(path: Path, check: bool = False) -> bool:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     check = "--check" in argv
-    root = Path(__file__).resolve().parents[1]
+    root = repository_root()
     stale = [p.name for p in _notebooks(root) if not stamp(p, check=check)]
     if check and stale:
         print(

@@ -149,7 +149,10 @@ def parse_value(method: type[Method], key: str, text: str) -> Any:
         if isinstance(default, float):
             return float(text)
         if isinstance(default, tuple):
-            return tuple(int(v) for v in text.replace("-", ",").split(",") if v)
+            # Elements take the type of the default's elements: (128, 256, 128), (0.5, 0.999).
+            kind = float if any(isinstance(v, float) for v in default) else int
+            separators = text if kind is float else text.replace("-", ",")
+            return tuple(kind(v) for v in separators.split(",") if v)
         if default is None and text.lower() == "none":
             return None
     except ValueError:
