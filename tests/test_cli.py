@@ -107,6 +107,11 @@ def test_teacher_checkpoint_skips_training_it(kd_out, tmp_path, capsys):
         (["--method", "independent", "--models", "cnn_tiny", "--set", "nonsense=1"], "nonsense"),
         (["--method", "kd", "--teacher", "cnn_small", "--models", "cnn_tiny", "--set", "alpha=abc"], "alpha"),
         (["--method", "kd", "--teacher", "cnn_small", "--models", "cnn_tiny", "--set", "alpha"], "KEY=VALUE"),
+        # Found before the teacher is trained, not after:
+        (["--method", "kd", "--teacher", "cnn_small", "--models", "cnn_tiny", "--set", "alpha=2"], "alpha"),
+        (["--method", "kd", "--teacher", "cnn_small", "--models", "cnn_tiny", "--set", "temperature=0"], "temperature"),
+        (["--method", "kd", "--teacher", "cnn_small", "--models", "resnet21"], "resnet21"),
+        (["--method", "kd", "--teacher", "resnet21", "--models", "cnn_tiny"], "resnet21"),
         (["--method", "independent", "--models", "cnn_tiny", "--epochs", "0"], "epochs"),
         (["--method", "independent", "--models", "cnn_tiny", "--epochs", "two"], "epochs"),
         (["--method", "kd", "--models", "cnn_tiny"], "--teacher"),
@@ -127,7 +132,7 @@ def test_bad_arguments_give_one_line_and_code_2(tmp_path, capsys, args, word):
     assert len(lines) == 1, captured.err
     assert lines[0].startswith("kdlab: error: ") and word in lines[0]
     assert "Traceback" not in captured.err + captured.out
-    assert not (out / "metrics.jsonl").exists()  # nothing was trained
+    assert not out.exists()  # nothing was trained, not even a teacher
 
 
 @pytest.mark.parametrize(
