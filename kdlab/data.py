@@ -191,38 +191,46 @@ def _cifar(name: str, root: Path, download: bool) -> ImageDataset:
     return ImageDataset(name, train_x, train_y, test_x, test_y, classes, padding=4, flip=True)
 
 
+# MedMNIST's PathMNIST label names, in label order.
 PATHMNIST_CLASSES = [
-    "adipose", "background", "debris", "lymphocytes", "mucus",
-    "smooth muscle", "normal colon mucosa", "cancer-associated stroma", "colorectal adenocarcinoma",
+    "adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
+    "normal colon mucosa", "cancer-associated stroma", "colorectal adenocarcinoma epithelium",
 ]  # fmt: skip
+
+_PATHMNIST_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 
 
 def _pathmnist(root: Path, download: bool) -> ImageDataset:
     """MedMNIST's PathMNIST: colorectal cancer histology, 9 tissue classes, 28×28 RGB.
 
     Read from ``root/pathmnist.npz`` (MedMNIST's format: ``train_images`` N×28×28×3 uint8,
-    ``train_labels`` N×1, likewise ``test_*``); when absent, the optional ``medmnist`` package
-    downloads it there. The validation split is not used.
+    ``train_labels`` N×1, likewise ``val_*`` and ``test_*``); when absent, the optional
+    ``medmnist`` package downloads it there. The validation split is not used.
     """
     path = root / "pathmnist.npz"
+    reason = ""
     if not path.exists() and download:
         try:
             import medmnist
-
-            root.mkdir(parents=True, exist_ok=True)
-            medmnist.PathMNIST(split="test", download=True, root=str(root))
         except ImportError:
-            pass
-        except Exception:  # offline: fall through to the error below
-            pass
+            reason = " (the optional medmnist package is not installed)"
+        else:
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+                medmnist.PathMNIST(split="test", download=True, root=str(root))
+            except Exception as error:  # offline, or a failed download
+                reason = f" (download failed: {error})".replace("\n", " ")
     if not path.exists():
         raise DatasetNotFoundError(
-            f"pathmnist is not in {root}/ and could not be downloaded: put pathmnist.npz "
-            f'(MedMNIST v2) at {path}, or install the extra with pip install "kdlab[medmnist]" '
+            f"pathmnist is not in {root}/ and could not be downloaded{reason}: put pathmnist.npz "
+            f'(MedMNIST, 28×28) at {path}, or install the extra with pip install "kdlab[medmnist]" '
             f"on a machine with network; the 'digits' dataset works offline."
         )
     with np.load(path) as npz:
-        arrays = {k: npz[k] for k in ("train_images", "train_labels", "test_images", "test_labels")}
+        missing = [k for k in _PATHMNIST_KEYS if k not in npz.files]
+        if missing:
+            raise ValueError(f"{path} is not in MedMNIST's format: it has no {', '.join(missing)}")
+        arrays = {k: npz[k] for k in _PATHMNIST_KEYS}
 
     def images(a: np.ndarray) -> torch.Tensor:
         a = a[..., None] if a.ndim == 3 else a  # grayscale MedMNIST sets are N×H×W
@@ -237,7 +245,7 @@ def _pathmnist(root: Path, download: bool) -> ImageDataset:
         labels(arrays["train_labels"]),
         images(arrays["test_images"]),
         labels(arrays["test_labels"]),
-        PATHMNIST_CLASSES,
+        list(PATHMNIST_CLASSES),
         padding=2,
         flip=True,
     )
