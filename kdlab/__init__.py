@@ -24,12 +24,10 @@ from .train import (
 )
 
 __version__ = "0.1.0"
-REPOSITORY = "kdlab/kdlab"  # GitHub owner/name: the Colab badges and the install cell use it
 
 __all__ = [
     "METHODS",
     "PROFILES",
-    "REPOSITORY",
     "DeviceLoader",
     "History",
     "ImageDataset",

@@ -33,7 +33,7 @@ def _add_train(sub) -> None:
     p.add_argument("--teacher-checkpoint", help="a trained teacher saved by kdlab (networks/*.pt)")
     p.add_argument("--teacher-epochs", type=int, help="epochs to train the teacher first (kd)")
     p.add_argument("--dataset", help=f"one of: {', '.join(DATASETS)} (default: the profile's)")
-    p.add_argument("--data-root", default="data", help="the dataset cache folder")
+    p.add_argument("--data-root", help="the dataset cache folder (default: the checkout's data/)")
     p.add_argument("--train-size", type=int, help="a fixed class-balanced training subset")
     p.add_argument("--profile", help="smoke, lab or paper (default: $KDLAB_PROFILE or lab)")
     p.add_argument("--epochs", type=int)
@@ -87,8 +87,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     if method_cls.teacher_mode is None and (args.teacher or args.teacher_checkpoint):
         raise UsageError(f"method {args.method!r} has no teacher; drop --teacher")
     if method_cls.teacher_mode is not None and not (args.teacher or args.teacher_checkpoint):
-        raise UsageError(f"method {args.method!r} needs --teacher ARCH or --teacher-checkpoint PATH")
+        raise UsageError(
+            f"method {args.method!r} needs --teacher ARCH or --teacher-checkpoint PATH"
+        )
     if teacher is None and method_cls.teacher_mode == "pretrained":
+        # A bad architecture or method parameter fails now, not after the teacher has trained.
+        from torch import nn
+
+        from .models import build_model
+
+        build_model(args.teacher, dataset.num_classes, dataset.in_channels)
+        students = [m.strip() for m in args.models.split(",")]
+        method_cls(
+            {
+                arch: build_model(arch, dataset.num_classes, dataset.in_channels)
+                for arch in students
+            },
+            teacher=nn.Identity(),
+            **params,
+        )
         # Offline distillation: train the teacher first, on the same data and seed.
         teacher_config = prof.train_config(
             seed=args.seed,
@@ -130,6 +147,78 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="execute every notebook headless and summarise the accuracies")
+    p.add_argument("--out", default="runs/demo", help="where the executed notebooks go")
+    p.add_argument("--profile", help="smoke, lab or paper (default: $KDLAB_PROFILE or lab)")
+    p.add_argument(
+        "--notebooks", help="comma-separated notebook numbers, e.g. 00,01 (default: all)"
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """papermill every notebook with ``out_dir`` set, then write ``OUT/summary.md``."""
+    import json
+    import os
+    import time
+
+    from .nbtools import execute, repository_root
+
+    name = profile(args.profile).name
+    os.environ["KDLAB_PROFILE"] = name
+    out = Path(args.out).resolve()
+    chosen = args.notebooks.split(",") if args.notebooks else None
+    notebooks = [
+        nb
+        for nb in sorted((repository_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+        if chosen is None or nb.name[:2] in chosen
+    ]
+    if not notebooks:
+        raise UsageError("no notebooks to run")
+    lines = [
+        f"# kdlab demo (profile {name})",
+        "",
+        "Test accuracy (%) of every run, last and best epoch.",
+        "",
+    ]
+    lines += [
+        "| notebook | run | network | final | best (epoch) | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    failed = []
+    for nb in notebooks:
+        runs = out / nb.stem
+        started = time.perf_counter()
+        print(f"running {nb.name} …", file=sys.stderr, flush=True)
+        try:
+            import papermill
+
+            declared = papermill.inspect_notebook(str(nb))
+            given = {"PROFILE": name, "out_dir": str(runs)}
+            execute(nb, out / nb.name, {k: v for k, v in given.items() if k in declared})
+        except Exception as error:  # keep going: report every notebook
+            failed.append(nb.name)
+            print(
+                f"{nb.name} failed: {str(error).splitlines()[0]}; see {out / nb.name}",
+                file=sys.stderr,
+            )
+            continue
+        elapsed = time.perf_counter() - started
+        print(f"{nb.name}: {elapsed:.0f} s", file=sys.stderr)
+        for summary_file in sorted(runs.glob("**/summary.json")):
+            summary = json.loads(summary_file.read_text())
+            for network, entry in summary["networks"].items():
+                lines.append(
+                    f"| {nb.stem} | {summary_file.parent.relative_to(runs)} | {network} "
+                    f"({entry.get('arch', 'mean softmax')}) | {entry['final_acc']:.2f} | "
+                    f"{entry['best_acc']:.2f} ({entry['best_epoch']}) | {summary['seconds']:.0f} |"
+                )
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\nwrote {out / 'summary.md'} and the executed notebooks in {out}")
+    return 1 if failed else 0
+
+
 # Further commands live in their own modules, each with add_arguments(parser) and main(args).
 _COMMANDS = {
     "reproduce": ("kdlab.reproduce", "run a grid of notebooks and aggregate a results table"),
@@ -141,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m kdlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
+    _add_demo(sub)
     for name, (module_name, help_text) in _COMMANDS.items():
         try:
             module = importlib.import_module(module_name)
@@ -158,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "demo":
+            return cmd_demo(args)
         module = importlib.import_module(_COMMANDS[args.command][0])
         return module.main(args)
     except (UsageError, ValueError, DatasetNotFoundError, FileNotFoundError) as error:

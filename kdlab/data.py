@@ -166,7 +166,9 @@ def _cifar(name: str, root: Path, download: bool) -> ImageDataset:
         if download:
             import torchvision
 
-            cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+            cls = (
+                torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+            )
             try:
                 cls(str(root), train=True, download=True)
             except Exception as exc:  # offline, or a corrupt archive
@@ -216,7 +218,7 @@ def _pathmnist(root: Path, download: bool) -> ImageDataset:
     if not path.exists():
         raise DatasetNotFoundError(
             f"pathmnist is not in {root}/ and could not be downloaded: put pathmnist.npz "
-            f"(MedMNIST v2) at {path}, or install the extra with pip install \"kdlab[medmnist]\" "
+            f'(MedMNIST v2) at {path}, or install the extra with pip install "kdlab[medmnist]" '
             f"on a machine with network; the 'digits' dataset works offline."
         )
     with np.load(path) as npz:
@@ -241,9 +243,20 @@ def _pathmnist(root: Path, download: bool) -> ImageDataset:
     )
 
 
+def default_root() -> Path:
+    """Where datasets are cached: ``$KDLAB_DATA``, else the checkout's ``data/`` folder (when
+    kdlab runs from a clone, whatever the working directory), else ``./data``."""
+    import os
+
+    if os.environ.get("KDLAB_DATA"):
+        return Path(os.environ["KDLAB_DATA"])
+    checkout = Path(__file__).resolve().parents[1] / "data"
+    return checkout if checkout.is_dir() else Path("data")
+
+
 def load_dataset(
     name: str = "digits",
-    root: str | Path = "data",
+    root: str | Path | None = None,
     train_size: int | None = None,
     download: bool = True,
 ) -> ImageDataset:
@@ -257,7 +270,7 @@ def load_dataset(
     is always whole). Raises ValueError for an unknown name and DatasetNotFoundError, naming
     the files and where they go, when a dataset is absent and cannot be downloaded.
     """
-    root = Path(root)
+    root = Path(root) if root is not None else default_root()
     if name == "digits":
         dataset = _digits()
     elif name in _CIFAR:

@@ -25,6 +25,7 @@ __all__ = [
     "js_divergence",
     "probability_distance",
     "topology_loss",
+    "pooled_embedding",
 ]
 
 
@@ -72,7 +73,9 @@ def mutual_kl(
 
 
 def js_divergence(logits: torch.Tensor, peer_logits: torch.Tensor) -> torch.Tensor:
-    """Jensen–Shannon divergence ``JS(p, sg p_peer) = ½ KL(p‖m) + ½ KL(p_peer‖m)``, m = ½(p + p_peer).
+    """Jensen–Shannon divergence ``JS(p, sg p_peer) = ½ KL(p‖m) + ½ KL(p_peer‖m)``.
+
+    ``m = ½(p + p_peer)``, ``p = softmax(logits)``.
 
     Batchmean, natural log: symmetric in value, 0 iff the distributions are equal, at most ln 2.
     The peer is detached (gradient reaches ``logits`` only, through both halves and through m).
@@ -105,10 +108,22 @@ def probability_distance(logits: torch.Tensor, peer_logits: torch.Tensor, kind: 
     raise ValueError(f"unknown divergence {kind!r}; choose one of: js, kl, l1, l2")
 
 
+def pooled_embedding(feature_map: torch.Tensor) -> torch.Tensor:
+    """``h = normalize(mean_{x,y} f)``: the L2-normalised, globally pooled features of a stage.
+
+    ``feature_map`` is B×C×H×W (a stage's output) or already B×D; the result is B×D, float32,
+    every row of unit length.
+    """
+    h = feature_map.float()
+    if h.dim() > 2:
+        h = h.flatten(2).mean(dim=2)
+    return F.normalize(h, dim=1)
+
+
 def _neighbour_logits(h: torch.Tensor, index: torch.Tensor, tau: float) -> torch.Tensor:
     """``cos(h_i, h_j) / τ`` for every anchor i and its neighbours j = index[i] (B×K)."""
     h = F.normalize(h.float().flatten(1), dim=1)
-    return torch.einsum("bd,bkd->bk", h, h[index]) / tau
+    return torch.gather(h @ h.T, 1, index) / tau
 
 
 def topology_loss(
@@ -119,13 +134,17 @@ def topology_loss(
     sampling: str = "knn",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Local-topology agreement ``mean_i KL(sg q_peer(·|i) ‖ q(·|i))`` (METHODS.md §5, a reconstruction).
+    """Local-topology agreement ``mean_i KL(sg q_peer(·|i) ‖ q(·|i))`` (METHODS.md §5).
+
+    The formula is a reconstruction (the TADML paper's full text was not available).
 
     For every anchor i of the batch a set N_K(i) of K *other* samples is chosen — ``"knn"``:
     its K nearest neighbours (cosine) in the detached peer's embedding; ``"random"``: K random
-    others — and on that set ``q(j | i) = softmax_j(cos(h_i, h_j) / τ)``. Embeddings are
-    L2-normalised here. The peer is detached; the KL is summed over the K neighbours and averaged
-    over the anchors.
+    others — and on that set ``q(j | i) = softmax_j(cos(h_i, h_j) / τ)``. Embeddings (B×D, or
+    B×C×H×W flattened) are L2-normalised here; the two may have different widths D, since only
+    the B×B similarities are compared. The peer is detached; the KL is summed over the K
+    neighbours and averaged over the anchors. Computed in float32 even under autocast: with
+    τ = 0.1 the similarities are scaled ×10, and bf16 rounding would show in the softmax.
 
     Raises ValueError when K < 1 or K ≥ batch size (an anchor has only B − 1 others), τ ≤ 0, or the
     strategy is unknown.
@@ -140,17 +159,19 @@ def topology_loss(
         )
     if not tau > 0:
         raise ValueError(f"topology tau must be > 0, got {tau}")
-    peer = F.normalize(peer_embedding.detach().float().flatten(1), dim=1)
-    eye = torch.eye(batch, dtype=torch.bool, device=embedding.device)
-    if sampling == "knn":
-        similarity = (peer @ peer.T).masked_fill(eye, -float("inf"))
-        index = similarity.topk(k, dim=1).indices
-    elif sampling == "random":
-        # K distinct others per anchor: rank random scores with the anchor itself pushed last.
-        scores = torch.rand(batch, batch, device=embedding.device, generator=generator)
-        index = scores.masked_fill(eye, 2.0).topk(k, dim=1, largest=False).indices
-    else:
+    if sampling not in ("knn", "random"):
         raise ValueError(f"unknown sampling strategy {sampling!r}; choose one of: knn, random")
-    log_q = F.log_softmax(_neighbour_logits(embedding, index, tau), dim=1)
-    target = F.softmax(_neighbour_logits(peer, index, tau), dim=1)
-    return F.kl_div(log_q, target, reduction="batchmean")
+    device = embedding.device
+    with torch.autocast(device.type, enabled=False):
+        peer = F.normalize(peer_embedding.detach().float().flatten(1), dim=1)
+        eye = torch.eye(batch, dtype=torch.bool, device=device)
+        if sampling == "knn":
+            similarity = (peer @ peer.T).masked_fill(eye, -float("inf"))
+            index = similarity.topk(k, dim=1).indices
+        else:
+            # K distinct others per anchor: rank random scores with the anchor itself pushed last.
+            scores = torch.rand(batch, batch, device=device, generator=generator)
+            index = scores.masked_fill(eye, 2.0).topk(k, dim=1, largest=False).indices
+        log_q = F.log_softmax(_neighbour_logits(embedding, index, tau), dim=1)
+        target = F.softmax(_neighbour_logits(peer, index, tau), dim=1)
+        return F.kl_div(log_q, target, reduction="batchmean")

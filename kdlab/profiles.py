@@ -7,7 +7,7 @@
   120, 180, batch 64, three seeds), for a GPU.
 
 The embedded digits set-up is chosen so that distillation has room to show: the student
-(``cnn_tiny``, a few thousand parameters) trained alone on a 500-image subset stays several
+(``cnn_tiny``, a few thousand parameters) trained alone on a 200-image subset stays several
 points below its teacher (``resnet20``).
 """
 
@@ -54,7 +54,7 @@ class Profile:
         values.update(overrides)
         return TrainConfig(**values)
 
-    def load_dataset(self, root: str = "data") -> ImageDataset:
+    def load_dataset(self, root: str | None = None) -> ImageDataset:
         """The profile's dataset; where it is absent offline, the fallback (with a note)."""
         try:
             return load_dataset(self.dataset, root, train_size=self.train_size)
@@ -70,7 +70,7 @@ class Profile:
 
 
 _DIGITS_LAB = dict(
-    epochs=30, batch_size=64, lr=0.05, schedule="cosine", train_size=500,
+    epochs=30, batch_size=64, lr=0.05, schedule="cosine", train_size=200,
     teacher="resnet20", student="cnn_tiny",
 )  # fmt: skip
 
@@ -111,7 +111,9 @@ def profile(name: str | None = None, **overrides: Any) -> Profile:
     fields = {f.name for f in dataclasses.fields(Profile)}
     unknown = sorted(set(given) - fields)
     if unknown:
-        raise ValueError(f"unknown profile setting {unknown[0]!r}; known: {', '.join(sorted(fields))}")
+        raise ValueError(
+            f"unknown profile setting {unknown[0]!r}; known: {', '.join(sorted(fields))}"
+        )
     chosen = dataclasses.replace(base, **given)
     if "dataset" in given:  # an explicit dataset has no fallback
         chosen.fallback_dataset = None

@@ -219,7 +219,7 @@ def fit(
     config: TrainConfig | None = None,
     *,
     out: str | Path | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
     archs: Mapping[str, str] | None = None,
@@ -235,9 +235,11 @@ def fit(
 
     ``resume=True`` continues from ``out/checkpoint.pt`` (networks, optimizers, schedules,
     gradient scaler, auxiliary modules, RNG states, history) to the same numbers an
-    uninterrupted run gives. ``stop_after`` ends the run after that many epochs (an
-    interruption, for tests). A NaN or infinite loss raises :class:`NonFiniteLossError`
-    naming the network, the term and the epoch; the checkpoint of the last good epoch stays.
+    uninterrupted run gives; ``resume="auto"`` resumes when that checkpoint exists and starts
+    afresh otherwise (what a notebook run by a grid uses). ``stop_after`` ends the run after
+    that many epochs (an interruption, for tests). A NaN or infinite loss raises
+    :class:`NonFiniteLossError` naming the network, the term and the epoch; the checkpoint of
+    the last good epoch stays.
     """
     config = config or TrainConfig()
     archs = dict(archs or {})
@@ -290,6 +292,10 @@ def fit(
                 "channels_last": channels_last,
             },
         )
+    if resume not in (True, False, "auto"):
+        raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
+    if resume == "auto":
+        resume = checkpoint_path is not None and checkpoint_path.exists()
     if resume:
         if not (checkpoint_path and checkpoint_path.exists()):
             raise FileNotFoundError(f"nothing to resume: no checkpoint.pt in {out}")
@@ -454,7 +460,7 @@ def run(
     teacher: nn.Module | str | None = None,
     config: TrainConfig | None = None,
     out: str | Path | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
     stop_after: int | None = None,

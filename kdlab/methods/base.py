@@ -65,7 +65,9 @@ class Method(nn.Module):
     Params: ClassVar[type] = NoParams
     min_networks: ClassVar[int] = 1
     role: ClassVar[str] = "net"  # networks are named role1, role2, … (a lone student: student)
-    teacher_mode: ClassVar[str | None] = None  # None, "pretrained" (frozen) or "online" (trained too)
+    teacher_mode: ClassVar[str | None] = (
+        None  # None, "pretrained" (frozen) or "online" (trained too)
+    )
 
     def __init__(self, networks: Mapping[str, nn.Module], **params: Any) -> None:
         super().__init__()
@@ -147,11 +149,12 @@ def parse_value(method: type[Method], key: str, text: str) -> Any:
         if isinstance(default, float):
             return float(text)
         if isinstance(default, tuple):
-            return tuple(int(v) for v in text.replace("-", ",").split(",") if v)
+            # Elements take the type of the default's elements: (128, 256, 128), (0.5, 0.999).
+            kind = float if any(isinstance(v, float) for v in default) else int
+            separators = text if kind is float else text.replace("-", ",")
+            return tuple(kind(v) for v in separators.split(",") if v)
         if default is None and text.lower() == "none":
             return None
     except ValueError:
-        raise ValueError(
-            f"{key}={text!r}: expected a value like {default!r}"
-        ) from None
+        raise ValueError(f"{key}={text!r}: expected a value like {default!r}") from None
     return text

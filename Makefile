@@ -1,0 +1,41 @@
+# kdlab: `make demo` and `make test` are all a newcomer needs (Python ≥ 3.10 and make).
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kdlab-installed
+PORT ?= 8888
+
+.PHONY: demo test test-unit test-notebooks test-browser lint lab bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+# Execute every notebook headless (papermill) on the embedded dataset, then the digits grid.
+demo: $(STAMP)
+	$(PY) -m kdlab demo --out runs/demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check kdlab tests notebooks
+	$(VENV)/bin/ruff format --check kdlab tests notebooks
+	$(PY) -m kdlab.nbtools --check
+
+test-unit: $(STAMP)
+	KDLAB_PROFILE=smoke $(PY) -m pytest -m "not browser" tests
+
+test-notebooks: $(STAMP)
+	KDLAB_PROFILE=smoke $(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks
+
+# The whole suite: lint, unit tests, every notebook in the smoke profile under nbval.
+test: lint test-unit test-notebooks
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT)
+
+bench: $(STAMP)
+	$(PY) -m kdlab bench
+
+clean:
+	rm -rf runs .pytest_cache

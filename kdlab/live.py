@@ -1,0 +1,249 @@
+"""Live plots and widgets for the notebooks.
+
+Two rules make the notebooks give the same result headless (papermill, nbval) as clicked:
+
+1. Every widget drives a plain function that returns a matplotlib Figure (or trains and
+   returns a result); the notebook also calls that function directly with its parameters.
+2. Drawing never depends on a screen: figures are rendered to PNG and displayed as images, in
+   place (an ``ipywidgets.Output`` for panels, a display handle otherwise).
+
+Panels are ``ipywidgets.VBox`` objects with the CSS class ``kdlab-panel``; the figure a panel
+drives sits in an Output with class ``kdlab-figure``, a train button has class ``kdlab-train``
+and the live plot it updates has class ``kdlab-live`` (the browser tests look for these).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+__all__ = ["show", "LivePlot", "panel", "train_panel", "figure_png", "slider", "dropdown"]
+
+
+def figure_png(fig: Figure, dpi: int = 96) -> bytes:
+    """Render a Figure to PNG bytes (no pyplot, no screen)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def show(fig: Figure, handle=None):
+    """Display ``fig`` as a PNG image; with ``handle`` (from a previous call), replace it in place.
+
+    Returns the display handle.
+    """
+    from IPython.display import Image, display
+
+    image = Image(data=figure_png(fig), format="png")
+    if handle is None:
+        return display(image, display_id=True)
+    handle.update(image)
+    return handle
+
+
+def _draw_into(output, fig: Figure) -> None:
+    from IPython.display import Image, display
+
+    image = Image(data=figure_png(fig), format="png")
+    with output:
+        output.clear_output(wait=True)
+        display(image)
+
+
+class LivePlot:
+    """Test accuracy (and peer agreement / JS, when there are pairs) redrawn every epoch.
+
+    Use one LivePlot for several runs so they share axes::
+
+        live = LivePlot()
+        kdlab.run("independent", ["resnet20"], data, callbacks=[live.track("teacher")])
+        kdlab.run("kd", ["cnn_tiny"], data, teacher=…, callbacks=[live.track("distilled")])
+
+    ``track(label)`` returns the callback for :func:`kdlab.fit`; curves are named
+    ``label/network``. With ``output`` (an ``ipywidgets.Output``) it draws there, otherwise
+    into the notebook cell's output, replacing the previous drawing in place. ``metrics``
+    chooses the panels: any of ``"acc"``, ``"agree"``, ``"js"``.
+    """
+
+    def __init__(self, output=None, metrics: tuple[str, ...] = ("acc", "agree", "js"), title=""):
+        self.output = output
+        self.metrics = metrics
+        self.title = title
+        self.runs: dict[str, list[dict]] = {}
+        self._handle = None
+
+    def track(self, label: str) -> Callable[[dict, Any], None]:
+        self.runs[label] = []
+
+        def callback(record: dict, history) -> None:
+            self.runs[label] = list(history)
+            self.update()
+
+        return callback
+
+    def figure(self) -> Figure:
+        """The current plot as a Figure (also usable after training, headless)."""
+        panels = [
+            m
+            for m in self.metrics
+            if any(k.startswith(f"{m}/") for rows in self.runs.values() for k in rows[-1:][0])
+        ] or ["acc"]
+        fig = Figure(figsize=(4.2 * len(panels), 3.2), layout="constrained")
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        titles = {"acc": "test accuracy (%)", "agree": "peer agreement (%)", "js": "mean JS (nats)"}
+        colors = itertools.cycle(f"C{i}" for i in range(10))
+        for label, rows in self.runs.items():
+            if not rows:
+                continue
+            epochs = [r["epoch"] for r in rows]
+            for key in rows[-1]:
+                kind, _, name = key.partition("/")
+                if kind not in panels:
+                    continue
+                ax = axes[panels.index(kind)]
+                style = "--" if name == "ensemble" else "-"
+                ax.plot(
+                    epochs,
+                    [r.get(key) for r in rows],
+                    style,
+                    marker="o",
+                    markersize=3,
+                    color=next(colors),
+                    label=f"{label}/{name}" if label else name,
+                )
+        for ax, kind in zip(axes, panels):
+            ax.set_title(titles[kind], fontsize=10)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=7)
+        if self.title:
+            fig.suptitle(self.title, fontsize=11)
+        return fig
+
+    def update(self) -> None:
+        fig = self.figure()
+        if self.output is not None:
+            _draw_into(self.output, fig)
+        else:
+            self._handle = show(fig, self._handle)
+
+
+def slider(value: float, low: float, high: float, step: float | None = None, description=""):
+    """A labelled FloatSlider (IntSlider when every bound is an int)."""
+    import ipywidgets as widgets
+
+    style = {"description_width": "initial"}
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in (value, low, high)):
+        return widgets.IntSlider(
+            value=value,
+            min=low,
+            max=high,
+            step=int(step or 1),
+            description=description,
+            continuous_update=False,
+            style=style,
+        )
+    return widgets.FloatSlider(
+        value=value,
+        min=low,
+        max=high,
+        step=step or (high - low) / 100,
+        description=description,
+        continuous_update=False,
+        style=style,
+    )
+
+
+def dropdown(options, value=None, description=""):
+    import ipywidgets as widgets
+
+    options = list(options)
+    return widgets.Dropdown(
+        options=options,
+        value=options[0] if value is None else value,
+        description=description,
+        style={"description_width": "initial"},
+    )
+
+
+def panel(draw: Callable[..., Figure], **controls):
+    """A widget panel: every control drives ``draw(**values)``, whose Figure is redrawn.
+
+    ``controls`` maps ``draw``'s keyword names to widgets (see :func:`slider`,
+    :func:`dropdown`). The notebook calls ``draw`` directly with the same names for the
+    headless path.
+    """
+    import ipywidgets as widgets
+
+    figure = widgets.Output().add_class("kdlab-figure")
+
+    def redraw(_change=None) -> None:
+        _draw_into(figure, draw(**{name: w.value for name, w in controls.items()}))
+
+    for control in controls.values():
+        control.observe(redraw, names="value")
+    redraw()
+    box = widgets.VBox([widgets.HBox(list(controls.values())), figure])
+    box.layout.flex_flow = "column"
+    return box.add_class("kdlab-panel")
+
+
+def train_panel(
+    train: Callable[..., Any],
+    *,
+    description: str = "train",
+    metrics: tuple[str, ...] = ("acc", "agree", "js"),
+    **controls,
+):
+    """A panel with controls and a train button: a click calls ``train(**values, live=plot)``.
+
+    ``train`` is the notebook's plain function (also called directly, headless); it must
+    hand ``live.track(label)`` callbacks to :func:`kdlab.run` so the plot updates in place
+    each epoch. Controls are wrapped so that a row holds at most four widgets.
+    """
+    import ipywidgets as widgets
+
+    button = widgets.Button(description=description, button_style="primary", icon="play")
+    button.add_class("kdlab-train")
+    status = widgets.Label("")
+    output = widgets.Output().add_class("kdlab-live")
+
+    def on_click(_button) -> None:
+        button.disabled = True
+        status.value = "training…"
+        try:
+            live = LivePlot(output, metrics=metrics)
+            train(**{name: w.value for name, w in controls.items()}, live=live)
+            status.value = "done"
+        except Exception as error:  # show it in the panel instead of losing it in the log
+            status.value = f"error: {error}"
+            raise
+        finally:
+            button.disabled = False
+
+    button.on_click(on_click)
+    items = list(controls.values())
+    rows = [widgets.HBox(items[i : i + 4]) for i in range(0, len(items), 4)]
+    box = widgets.VBox([*rows, widgets.HBox([button, status]), output])
+    return box.add_class("kdlab-panel")
+
+
+def table(rows: list[Mapping[str, Any]], floatfmt: str = ".2f") -> str:
+    """A markdown table from a list of dicts (the notebooks display it with ``Markdown``)."""
+    if not rows:
+        return ""
+    keys = list(rows[0])
+
+    def cell(v: Any) -> str:
+        return format(v, floatfmt) if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)

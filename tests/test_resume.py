@@ -1,0 +1,128 @@
+"""Runs that survive interruption: resume gives the uninterrupted numbers; NaN stops cleanly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+import kdlab
+from kdlab.cli import main as cli_main
+from kdlab.train import NonFiniteLossError
+
+
+def _config(epochs: int = 3) -> kdlab.TrainConfig:
+    # A step schedule whose milestone falls inside the run, so the scheduler state matters.
+    return kdlab.TrainConfig(
+        epochs=epochs, batch_size=50, lr=0.05, schedule="step", milestones=(130,), device="cpu"
+    )
+
+
+def _without_time(rows):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def _summary(path):
+    summary = json.loads((path / "summary.json").read_text())
+    summary.pop("seconds")
+    return summary
+
+
+def _metrics(path):
+    lines = (path / "metrics.jsonl").read_text().splitlines()
+    return _without_time(json.loads(line) for line in lines)
+
+
+@pytest.mark.parametrize("method", ["independent", "kd"])
+def test_resume_equals_uninterrupted(digits, tmp_path, method):
+    teacher = None
+    if method == "kd":
+        torch.manual_seed(0)
+        teacher = kdlab.build_model("cnn_tiny", digits.num_classes, digits.in_channels)
+    kwargs = dict(teacher=teacher, progress=False)
+    models = ["cnn_tiny", "cnn_tiny"] if method == "independent" else ["cnn_tiny"]
+
+    whole = kdlab.run(method, models, digits, config=_config(), out=tmp_path / "whole", **kwargs)
+
+    part = tmp_path / "part"
+    first = kdlab.run(method, models, digits, config=_config(), out=part, stop_after=1, **kwargs)
+    assert [r["epoch"] for r in first.history] == [1]
+    assert not (part / "summary.json").exists() or _summary(part)["epochs_done"] == 1
+    # The interrupted process is gone: a fresh run (another seed state) resumes from disk.
+    torch.manual_seed(1234)
+    resumed = kdlab.run(method, models, digits, config=_config(), out=part, resume=True, **kwargs)
+
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    assert _without_time(resumed.history) == _without_time(whole.history)
+    assert _metrics(part) == _metrics(tmp_path / "whole")
+    assert _summary(part) == _summary(tmp_path / "whole")
+    # The learning rate really changed at the milestone (epoch 2 of 3), so the schedule resumed.
+    assert resumed.history[2]["lr"] == pytest.approx(0.005)
+    for name, net in whole.method.networks.items():
+        other = resumed.method.networks[name].state_dict()
+        for key, value in net.state_dict().items():
+            assert torch.equal(value, other[key]), key
+
+
+def test_checkpoint_loads_with_weights_only(digits, tmp_path):
+    kdlab.run("independent", ["cnn_tiny"], digits, config=_config(2), out=tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for key in ("method", "optimizers", "schedulers", "scaler", "loader", "rng_cpu", "history"):
+        assert key in state
+    assert [row["epoch"] for row in json.loads(state["history"])] == [1, 2]
+    assert not list(tmp_path.glob("*.tmp"))  # the atomic write left no temporary file
+
+
+def test_cli_resume(tmp_path, capsys):
+    base = [
+        "train", "--method", "independent", "--models", "cnn_tiny", "--profile", "smoke",
+        "--epochs", "2", "--device", "cpu", "--no-progress",
+    ]  # fmt: skip
+    assert cli_main([*base, "--out", str(tmp_path / "whole")]) == 0
+    # Resuming a finished run is a no-op that rewrites the same summary.
+    assert cli_main([*base, "--out", str(tmp_path / "whole"), "--resume"]) == 0
+    assert cli_main([*base, "--out", str(tmp_path / "missing"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def _nan_in_epoch(monkeypatch, epoch_to_break: int, steps_per_epoch: int):
+    """Make the cross-entropy return NaN from the first batch of ``epoch_to_break`` on."""
+    import kdlab.methods.independent as independent
+
+    calls = {"n": 0}
+    real = independent.cross_entropy
+
+    def cross_entropy(logits, y):
+        calls["n"] += 1
+        loss = real(logits, y)
+        if calls["n"] > (epoch_to_break - 1) * steps_per_epoch:
+            loss = loss * math.nan
+        return loss
+
+    monkeypatch.setattr(independent, "cross_entropy", cross_entropy)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(digits, tmp_path, monkeypatch):
+    config = _config(3)
+    steps = -(-len(digits.train_labels) // config.batch_size)
+    _nan_in_epoch(monkeypatch, 2, steps)
+    with pytest.raises(NonFiniteLossError) as error:
+        kdlab.run("independent", ["cnn_tiny"], digits, config=config, out=tmp_path, progress=False)
+    message = str(error.value)
+    assert "'net1'" in message and "'ce'" in message and "epoch 2" in message
+    assert "checkpoint.pt" in message
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert [row["epoch"] for row in json.loads(state["history"])] == [1]
+    assert all(math.isfinite(v) for row in json.loads(state["history"]) for v in row.values())
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").open()] == [1]
+    # The kept checkpoint holds finite weights that resume from epoch 1.
+    weights = state["method"]
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_config_is_plain_data():
+    # Checkpoint and config.json hold only plain values (weights_only loading relies on it).
+    assert json.loads(json.dumps(dataclasses.asdict(_config())))["epochs"] == 3
