@@ -114,6 +114,9 @@ def profile(name: str | None = None, **overrides: Any) -> Profile:
         raise ValueError(
             f"unknown profile setting {unknown[0]!r}; known: {', '.join(sorted(fields))}"
         )
+    if given.get("dataset") and given["dataset"] == base.fallback_dataset:
+        # Asking for the fallback dataset by name gives its set-up too (e.g. lab on digits).
+        given = {**base.fallback, **given}
     chosen = dataclasses.replace(base, **given)
     if "dataset" in given:  # an explicit dataset has no fallback
         chosen.fallback_dataset = None
