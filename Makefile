@@ -4,6 +4,8 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kdlab-installed
 PORT ?= 8888
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test test-unit test-notebooks test-browser lint lab bench clean
 
@@ -30,6 +32,12 @@ test-notebooks: $(STAMP)
 
 # The whole suite: lint, unit tests, every notebook in the smoke profile under nbval.
 test: lint test-unit test-notebooks
+
+# Every notebook in JupyterLab in headless Chromium (Debian's chromium; no browser download).
+test-browser: $(STAMP)
+	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+	@$(PY) -c "import playwright.sync_api" 2>/dev/null || $(PY) -m pip install -q playwright
+	KDLAB_PROFILE=smoke KDLAB_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -m browser -p no:cacheprovider -v -s tests/test_browser.py
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT)

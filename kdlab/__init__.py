@@ -24,12 +24,10 @@ from .train import (
 )
 
 __version__ = "0.1.0"
-from .nbtools import REPOSITORY  # noqa: E402  (the Colab badges and set-up cells use it)
 
 __all__ = [
     "METHODS",
     "PROFILES",
-    "REPOSITORY",
     "DeviceLoader",
     "History",
     "ImageDataset",

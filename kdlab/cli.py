@@ -91,6 +91,21 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"method {args.method!r} needs --teacher ARCH or --teacher-checkpoint PATH"
         )
     if teacher is None and method_cls.teacher_mode == "pretrained":
+        # A bad architecture or method parameter fails now, not after the teacher has trained.
+        from torch import nn
+
+        from .models import build_model
+
+        build_model(args.teacher, dataset.num_classes, dataset.in_channels)
+        students = [m.strip() for m in args.models.split(",")]
+        method_cls(
+            {
+                arch: build_model(arch, dataset.num_classes, dataset.in_channels)
+                for arch in students
+            },
+            teacher=nn.Identity(),
+            **params,
+        )
         # Offline distillation: train the teacher first, on the same data and seed.
         teacher_config = prof.train_config(
             seed=args.seed,

@@ -95,7 +95,12 @@ class LivePlot:
         ] or ["acc"]
         fig = Figure(figsize=(4.2 * len(panels), 3.2), layout="constrained")
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
-        titles = {"acc": "test accuracy (%)", "agree": "peer agreement (%)", "js": "mean JS (nats)"}
+        titles = {
+            "acc": "test accuracy (%)",
+            "agree": "peer agreement (%)",
+            "js": "mean JS (nats)",
+            "disc_acc": "discriminator accuracy (train)",
+        }
         colors = itertools.cycle(f"C{i}" for i in range(10))
         for label, rows in self.runs.items():
             if not rows:
@@ -117,7 +122,7 @@ class LivePlot:
                     label=f"{label}/{name}" if label else name,
                 )
         for ax, kind in zip(axes, panels):
-            ax.set_title(titles[kind], fontsize=10)
+            ax.set_title(titles.get(kind, kind), fontsize=10)
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)

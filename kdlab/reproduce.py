@@ -1034,7 +1034,9 @@ def main(args: argparse.Namespace) -> int:
     """Run the grid; exit code 0 only if every cell finished."""
     grid = load_grid(args.grid, args.notebooks)
     if args.dry_run:
-        for cell in grid.cells:
+        declared = {nb: _declared(nb) for nb in {cell.notebook for cell in grid.cells}}
+        for cell in grid.cells:  # the parameters are checked against each notebook, too
+            cell_parameters(cell, declared[cell.notebook], Path(args.out) / "cells" / cell.name)
             nb = Path(cell.notebook).name if cell.notebook != RUNNER else RUNNER
             print(f"{cell.name}  ({nb})")
         print(f"{len(grid.cells)} cells")

@@ -10,7 +10,9 @@ import torch
 import kdlab
 
 os.environ.setdefault("KDLAB_PROFILE", "smoke")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread: the tests' networks are tiny, and on a shared machine a second OpenMP
+# thread spins waiting for a busy core (measured: 6× the CPU time and 5× the wall time of one).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
