@@ -43,9 +43,17 @@ class ImageDataset:
 
     def __post_init__(self) -> None:
         if not self.mean:  # per-channel statistics of the training images, in [0, 1] units
-            x = self.train_images.float().div(255)
-            self.mean = tuple(x.mean(dim=(0, 2, 3)).tolist())
-            self.std = tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+            total = torch.zeros(self.in_channels, dtype=torch.float64)
+            squares = torch.zeros(self.in_channels, dtype=torch.float64)
+            for chunk in self.train_images.split(4096):  # no float copy of the whole set
+                x = chunk.to(torch.float64).div_(255)
+                total += x.sum(dim=(0, 2, 3))
+                squares += x.square().sum(dim=(0, 2, 3))
+            n = self.train_images.numel() // self.in_channels
+            mean = total / n
+            std = ((squares / n - mean.square()) * n / max(n - 1, 1)).clamp_min(1e-6).sqrt()
+            self.mean = tuple(mean.tolist())
+            self.std = tuple(std.clamp_min(1e-3).tolist())
 
     @property
     def num_classes(self) -> int:

@@ -40,6 +40,7 @@ class Profile:
     fallback_dataset: str | None = None  # used when ``dataset`` is absent and offline
     fallback: dict[str, Any] = dataclasses.field(default_factory=dict)
     weight_decay: float = 5e-4
+    overridden: tuple[str, ...] = ()  # fields set explicitly: a fallback leaves them alone
 
     def train_config(self, seed: int = 0, **overrides: Any) -> TrainConfig:
         """The :class:`~kdlab.train.TrainConfig` of this profile for one seed."""
@@ -63,7 +64,8 @@ class Profile:
                 raise
             print(f"{error}\n→ the {self.name!r} profile uses {self.fallback_dataset!r} instead.")
             for key, value in self.fallback.items():
-                setattr(self, key, value)
+                if key not in self.overridden:
+                    setattr(self, key, value)
             self.dataset = self.fallback_dataset
             self.fallback_dataset = None
             return load_dataset(self.dataset, root, train_size=self.train_size)
@@ -114,10 +116,11 @@ def profile(name: str | None = None, **overrides: Any) -> Profile:
         raise ValueError(
             f"unknown profile setting {unknown[0]!r}; known: {', '.join(sorted(fields))}"
         )
+    overridden = tuple(sorted(given))
     if given.get("dataset") and given["dataset"] == base.fallback_dataset:
         # Asking for the fallback dataset by name gives its set-up too (e.g. lab on digits).
         given = {**base.fallback, **given}
-    chosen = dataclasses.replace(base, **given)
+    chosen = dataclasses.replace(base, **given, overridden=overridden)
     if "dataset" in given:  # an explicit dataset has no fallback
         chosen.fallback_dataset = None
     return chosen
