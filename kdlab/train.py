@@ -407,6 +407,8 @@ def fit(
         if bar is not None:
             bar.close()
 
+    if channels_last:  # hand the networks back in the standard layout
+        method.to(memory_format=torch.contiguous_format)
     summary = make_summary(method, history, config, archs) if history else {}
     if out and history:
         _write_json(out / "summary.json", summary)

@@ -16,7 +16,7 @@ from kdlab.cli import main
 
 def test_quick_mode_prints_every_row_with_a_numeric_ratio(capsys, tmp_path):
     path = tmp_path / "bench.json"
-    code = main(["bench", "--quick", "--batch-size", "16", "--steps", "2", "--json", str(path)])
+    code = main(["bench", "--quick", "--batch-size", "32", "--steps", "2", "--json", str(path)])
     out = capsys.readouterr().out
     assert code == 0
     assert f"torch {torch.__version__}" in out and "device: cpu" in out
