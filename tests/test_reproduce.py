@@ -169,7 +169,7 @@ def test_failing_cells_are_reported_and_the_grid_goes_on(tmp_path, capsys):
 _ONE = "profile: smoke\nexperiments: [{method: independent, models: [cnn_tiny], %s}]"
 BAD_GRIDS = [
     ("profile: smoke\nexperiments: [{method: nope, models: [cnn_tiny]}]",
-     "method: 'nope' is not one of: independent, kd"),
+     "method: 'nope' is not one of: adml, dml, independent, kd, kdml, tadml"),
     ("profile: huge\nexperiments: [{method: kd, models: [cnn_tiny]}]",
      "profile 'huge' is not one of: smoke, lab, paper"),
     ("profile: smoke\nepochs: 3\nexperiments: [{method: kd, models: [cnn_tiny]}]",
