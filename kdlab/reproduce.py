@@ -29,7 +29,9 @@ None ("take the profile's value")::
 and writes each run with ``kdlab.run(..., out=Path(out_dir) / NAME, resume="auto")`` when
 ``out_dir`` is set — or calls :func:`notebook_run`, which does exactly that. The folder names
 are the notebook's own: the grid finds the cell's run by reading every ``summary.json`` under
-``out_dir`` (method, seed, architectures, dataset, epochs and the parameters it set must match).
+``out_dir`` (method, seed, architectures, dataset and epochs must match, and every parameter must
+equal the grid's value or, where the grid sets none, the method's default, so that a notebook's
+variants of its method are never taken for the cell's run; of several matches, the longest).
 A parameter the grid sets but the notebook does not declare is an error before anything runs.
 
 Where a method has no notebook yet, the grid executes a small generated notebook
@@ -688,8 +690,11 @@ def _trained(summary: Mapping) -> dict[str, dict]:
 
 def find_run(cell: Cell, runs_dir: Path) -> tuple[Path | None, str]:
     """The run folder under ``runs_dir`` that is ``cell``'s (read from the summaries), or None
-    and why."""
-    finished, stopped = [], []
+    and why: method, seed, architectures, dataset and the grid's epochs match, and every
+    parameter equals the grid's value or, where the grid sets none, the method's default; of
+    several such runs, the longest."""
+    found = []
+    expected = dataclasses.asdict(make_params(get_method(cell.method), cell.params))
     for path in sorted(runs_dir.rglob("summary.json")):
         summary = json.loads(path.read_text())
         if summary.get("method") != cell.method or summary.get("seed") != cell.seed:
@@ -699,14 +704,16 @@ def find_run(cell: Cell, runs_dir: Path) -> tuple[Path | None, str]:
             continue
         if "epochs" in cell.settings and summary.get("epochs") != cell.settings["epochs"]:
             continue
-        if not all(_same(summary["params"].get(k), v) for k, v in cell.params.items()):
+        # Every knob, the ones the grid left out at the method's defaults: a notebook's variants
+        # (another schedule, a ladder rung) share the method and networks but not the knobs.
+        if not all(_same(summary["params"].get(k), v) for k, v in expected.items()):
             continue
         done = summary.get("epochs_done") == summary.get("epochs")
-        (finished if done else stopped).append((path.parent, summary))
-    if finished:
-        return finished[0][0], ""
-    if stopped:
-        folder, summary = stopped[0]
+        found.append((summary.get("epochs") or 0, done, path.parent, summary))
+    if found:  # the longest: a notebook's short "try it" run repeats the main run's knobs
+        _, done, folder, summary = max(found, key=lambda f: f[:2])
+        if done:
+            return folder, ""
         return None, f"{folder} stopped at epoch {summary['epochs_done']} of {summary['epochs']}"
     return None, (
         f"the notebook wrote no run of {cell.method} with models {'+'.join(cell.models)}, "
