@@ -22,7 +22,17 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["show", "LivePlot", "panel", "train_panel", "figure_png", "slider", "dropdown"]
+__all__ = [
+    "show",
+    "LivePlot",
+    "panel",
+    "train_panel",
+    "settings_figure",
+    "figure_png",
+    "slider",
+    "dropdown",
+    "table",
+]
 
 
 def figure_png(fig: Figure, dpi: int = 96) -> bytes:
@@ -200,25 +210,60 @@ def panel(draw: Callable[..., Figure], **controls):
     return box.add_class("kdlab-panel")
 
 
+def settings_figure(controls: Mapping[str, Any], formula: str | None = None) -> Figure:
+    """The settings a train button will use: each slider's value as a bar across its range,
+    each dropdown's choice as text, and (``formula``) the loss with the values filled in."""
+    numeric = {n: w for n, w in controls.items() if hasattr(w, "min") and hasattr(w, "max")}
+    choices = {n: w for n, w in controls.items() if n not in numeric}
+    height = 0.42 * max(len(numeric), 1) + (0.6 if formula else 0) + 0.35 * len(choices) + 0.4
+    fig = Figure(figsize=(6.4, height), layout="constrained")
+    ax = fig.subplots()
+    labels = [w.description or n for n, w in numeric.items()]
+    spans = [(w.value - w.min) / ((w.max - w.min) or 1) for w in numeric.values()]
+    ax.barh(range(len(spans)), spans, color="C0", alpha=0.7)
+    ax.barh(range(len(spans)), [1] * len(spans), fill=False, edgecolor="lightgray")
+    for i, w in enumerate(numeric.values()):
+        ax.text(1.02, i, f"{w.value:g}", va="center", fontsize=9)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlim(0, 1.15)
+    ax.set_xticks([])
+    ax.invert_yaxis()
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    text = "   ".join(f"{w.description or n}: {w.value}" for n, w in choices.items())
+    if formula:
+        values = {n: w.value for n, w in controls.items()}
+        text = formula.format(**values) + ("\n" + text if text else "")
+    ax.set_title(text or "settings", fontsize=9, loc="left")
+    return fig
+
+
 def train_panel(
     train: Callable[..., Any],
     *,
     description: str = "train",
     metrics: tuple[str, ...] = ("acc", "agree", "js"),
+    formula: str | None = None,
     **controls,
 ):
     """A panel with controls and a train button: a click calls ``train(**values, live=plot)``.
 
     ``train`` is the notebook's plain function (also called directly, headless); it must
     hand ``live.track(label)`` callbacks to :func:`kdlab.run` so the plot updates in place
-    each epoch. Controls are wrapped so that a row holds at most four widgets.
+    each epoch. Every control redraws the panel's settings figure (:func:`settings_figure`,
+    with ``formula`` — a ``str.format`` template over the control names — filled in), so the
+    reader sees the loss that a click will train. A row holds at most four widgets.
     """
     import ipywidgets as widgets
 
     button = widgets.Button(description=description, button_style="primary", icon="play")
     button.add_class("kdlab-train")
     status = widgets.Label("")
+    figure = widgets.Output().add_class("kdlab-figure")
     output = widgets.Output().add_class("kdlab-live")
+
+    def redraw(_change=None) -> None:
+        _draw_into(figure, settings_figure(controls, formula))
 
     def on_click(_button) -> None:
         button.disabled = True
@@ -233,10 +278,13 @@ def train_panel(
         finally:
             button.disabled = False
 
+    for control in controls.values():
+        control.observe(redraw, names="value")
+    redraw()
     button.on_click(on_click)
     items = list(controls.values())
     rows = [widgets.HBox(items[i : i + 4]) for i in range(0, len(items), 4)]
-    box = widgets.VBox([*rows, widgets.HBox([button, status]), output])
+    box = widgets.VBox([*rows, figure, widgets.HBox([button, status]), output])
     return box.add_class("kdlab-panel")
 
 
