@@ -57,12 +57,22 @@ def show(fig: Figure, handle=None):
 
 
 def _draw_into(output, fig: Figure) -> None:
-    from IPython.display import Image, display
+    """Replace what an ``ipywidgets.Output`` shows with ``fig``, as one widget-state update.
 
-    image = Image(data=figure_png(fig), format="png")
-    with output:
-        output.clear_output(wait=True)
-        display(image)
+    Setting ``output.outputs`` directly (rather than ``with output: clear_output(); display()``)
+    avoids routing the image through the kernel's output capture, which headless executors
+    (nbclient, hence papermill and nbval) handle with a race that can leave them waiting forever.
+    """
+    import base64
+
+    png = base64.b64encode(figure_png(fig)).decode("ascii")
+    output.outputs = (
+        {
+            "output_type": "display_data",
+            "data": {"image/png": png, "text/plain": "<Figure>"},
+            "metadata": {},
+        },
+    )
 
 
 class LivePlot:
