@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -76,7 +77,7 @@ def _draw_into(output, fig: Figure) -> None:
 
 
 class LivePlot:
-    """Test accuracy (and peer agreement / JS, when there are pairs) redrawn every epoch.
+    """Test accuracy (and peer agreement / JS, when there are pairs) redrawn as training goes.
 
     Use one LivePlot for several runs so they share axes::
 
@@ -88,21 +89,40 @@ class LivePlot:
     ``label/network``. With ``output`` (an ``ipywidgets.Output``) it draws there, otherwise
     into the notebook cell's output, replacing the previous drawing in place. ``metrics``
     chooses the panels: any of ``"acc"``, ``"agree"``, ``"js"``.
+
+    Rendering a figure costs about half a second on a laptop CPU, more than a small network's
+    epoch on digits, so a tracked run skips redraws to keep drawing under ``max_share`` of the
+    wall time (after a redraw that took d seconds, the next waits d·(1 − share)/share). The
+    last epoch of every :func:`kdlab.fit` call is always drawn; ``max_share=1`` draws every
+    epoch. :meth:`update` always draws.
     """
 
-    def __init__(self, output=None, metrics: tuple[str, ...] = ("acc", "agree", "js"), title=""):
+    def __init__(
+        self,
+        output=None,
+        metrics: tuple[str, ...] = ("acc", "agree", "js"),
+        title="",
+        max_share: float = 0.2,
+    ):
+        if not 0 < max_share <= 1:
+            raise ValueError(f"max_share must be in (0, 1], got {max_share}")
         self.output = output
         self.metrics = metrics
         self.title = title
+        self.max_share = max_share
         self.runs: dict[str, list[dict]] = {}
+        self.draws = 0  # how many times the plot was drawn
         self._handle = None
+        self._next_draw = 0.0  # time.perf_counter() before which a tracked epoch is not drawn
 
     def track(self, label: str) -> Callable[[dict, Any], None]:
         self.runs[label] = []
 
         def callback(record: dict, history) -> None:
             self.runs[label] = list(history)
-            self.update()
+            last = getattr(history, "last_epoch", None)
+            if last is None or record["epoch"] >= last or time.perf_counter() >= self._next_draw:
+                self.update()
 
         return callback
 
@@ -153,11 +173,17 @@ class LivePlot:
         return fig
 
     def update(self) -> None:
+        """Draw the current plot now."""
+        started = time.perf_counter()
         fig = self.figure()
         if self.output is not None:
             _draw_into(self.output, fig)
         else:
             self._handle = show(fig, self._handle)
+        self.draws += 1
+        finished = time.perf_counter()
+        share = self.max_share
+        self._next_draw = finished + (finished - started) * (1 - share) / share
 
 
 def slider(value: float, low: float, high: float, step: float | None = None, description=""):
@@ -260,7 +286,7 @@ def train_panel(
 
     ``train`` is the notebook's plain function (also called directly, headless); it must
     hand ``live.track(label)`` callbacks to :func:`kdlab.run` so the plot updates in place
-    each epoch. Every control redraws the panel's settings figure (:func:`settings_figure`,
+    as it trains. Every control redraws the panel's settings figure (:func:`settings_figure`,
     with ``formula`` — a ``str.format`` template over the control names — filled in), so the
     reader sees the loss that a click will train. A row holds at most four widgets.
     """

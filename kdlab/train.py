@@ -84,7 +84,13 @@ class TrainConfig:
 
 class History(list):
     """Per-epoch records (dicts): ``epoch``, ``lr``, ``seconds``, ``loss/<net>/<term>``,
-    ``acc/<net>``, ``acc/ensemble``, ``agree/<a>-<b>``, ``js/<a>-<b>`` and method metrics."""
+    ``acc/<net>``, ``acc/ensemble``, ``agree/<a>-<b>``, ``js/<a>-<b>`` and method metrics.
+
+    ``last_epoch``: the epoch the running :func:`fit` call ends at (``None`` outside one), so a
+    callback can tell the final record from the others.
+    """
+
+    last_epoch: int | None = None
 
     def networks(self) -> list[str]:
         """Every name with an accuracy (networks, then ``ensemble``)."""
@@ -335,6 +341,7 @@ def fit(
         scaler.update()
 
     last_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
+    history.last_epoch = last_epoch
     steps = len(train_loader)
     bar = None
     if progress and start_epoch < last_epoch:
