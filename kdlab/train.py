@@ -144,9 +144,18 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (Intel Xeon 4th generation and later), on which oneDNN runs
+    bf16 convolutions natively. False where this torch cannot tell."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe()) if probe is not None else False
+
+
 def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: bf16 on CUDA compute capability ≥ 8.0, fp16 below it (with a
-    gradient scaler), fp32 (None, no autocast) on CPU and MPS unless asked otherwise."""
+    """The autocast dtype for ``precision="auto"``: bf16 on CUDA compute capability ≥ 8.0, fp16
+    below it (with a gradient scaler); on a CPU, bf16 where it has AMX (measured twice as fast
+    for a resnet32 step on two cores, accuracy within noise: README, Performance), otherwise
+    fp32 (None, no autocast), as on MPS. "fp32", "bf16" and "fp16" force a choice."""
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -156,6 +165,8 @@ def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         major, _ = torch.cuda.get_device_capability(device)
         return torch.bfloat16 if major >= 8 else torch.float16
+    if device.type == "cpu" and cpu_has_amx():
+        return torch.bfloat16
     return None
 
 

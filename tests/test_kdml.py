@@ -324,7 +324,8 @@ def test_cli_trains_teacher_and_students_together(tmp_path):
     code = main(
         ["train", "--method", "kdml", "--teacher", "cnn_small", "--models", "cnn_tiny,cnn_tiny",
          "--dataset", "digits", "--train-size", "200", "--epochs", "2", "--batch-size", "50",
-         "--seed", "0", "--device", "cpu", "--out", str(out), "--no-progress"]
+         "--seed", "0", "--device", "cpu", "--out", str(out), "--no-progress",
+         "--precision", "fp32"]  # the reloaded teacher below is evaluated in fp32 too
     )  # fmt: skip
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())

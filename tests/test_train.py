@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import kdlab
-from kdlab.train import History, TrainConfig
+from kdlab.train import History, TrainConfig, pick_precision
 
 
 def _cpu(**kw) -> TrainConfig:
@@ -100,6 +100,26 @@ def test_train_config_defaults_are_the_recipe():
     c = TrainConfig()
     assert (c.epochs, c.batch_size, c.lr, c.momentum, c.weight_decay) == (200, 64, 0.1, 0.9, 5e-4)
     assert c.schedule == "step" and c.milestones == (60, 120, 180) and c.nesterov
+
+
+@pytest.mark.parametrize("amx, expected", [(True, torch.bfloat16), (False, None)])
+def test_auto_precision_on_the_cpu_is_bf16_only_with_amx(monkeypatch, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert pick_precision("auto", torch.device("cpu")) is expected
+    assert pick_precision("fp32", torch.device("cpu")) is None  # an explicit choice wins
+    assert pick_precision("bf16", torch.device("cpu")) is torch.bfloat16
+    assert pick_precision("auto", torch.device("mps")) is None
+
+
+def test_auto_precision_is_fp32_where_torch_cannot_tell(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert pick_precision("auto", torch.device("cpu")) is None
+
+
+def test_the_run_records_the_precision_it_used(digits, tmp_path):
+    kdlab.run("independent", "cnn_tiny", digits, config=_cpu(epochs=1, precision="bf16"),
+              out=tmp_path, progress=False)  # fmt: skip
+    assert json.loads((tmp_path / "config.json").read_text())["precision"] == "bfloat16"
 
 
 # --------------------------------------------------------------------------- errors before training
