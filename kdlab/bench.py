@@ -664,11 +664,10 @@ def main(args: argparse.Namespace) -> int:
     shown = {k: v for k, v in settings.items() if k != "train_images"}
     shown["workers"] = shown["workers"] if shown["workers"] is not None else _cpus()
     if args.precision == "auto":  # say what "auto" chose on this device
-        from .train import pick_device, pick_precision
+        from .train import pick_device, pick_precision, precision_name
 
         chosen = pick_precision("auto", pick_device(args.device))
-        names = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}
-        shown["precision"] = f"auto ({names[chosen]})"
+        shown["precision"] = f"auto ({precision_name(chosen)})"
     print(format_table(results, env, shown))
     if args.json:
         data = {"environment": env, "settings": shown, "rows": [r.to_dict() for r in results]}

@@ -151,6 +151,11 @@ def cpu_has_amx() -> bool:
     return bool(probe()) if probe is not None else False
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """How a run names the precision :func:`pick_precision` chose: "bfloat16", "float16", "float32"."""
+    return str(dtype or torch.float32).replace("torch.", "")
+
+
 def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision="auto"``: bf16 on CUDA compute capability ≥ 8.0, fp16
     below it (with a gradient scaler); on a CPU, bf16 where it has AMX (measured twice as fast
@@ -305,7 +310,7 @@ def fit(
                 "archs": archs,
                 "train": dataclasses.asdict(config),
                 "device": str(device),
-                "precision": str(amp_dtype or torch.float32).replace("torch.", ""),
+                "precision": precision_name(amp_dtype),
                 "channels_last": channels_last,
             },
         )
