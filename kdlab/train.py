@@ -372,9 +372,9 @@ def fit(
             method.train()
             sums.clear()
             lr = optimizers[next(iter(method.networks))].param_groups[0]["lr"]
-            for x, y in train_loader:
+            for step, (x, y) in enumerate(train_loader):
                 with autocast():
-                    extra = method.training_step(x, y, update)
+                    extra = method.training_step(x, y, update, epoch=epoch, step=step)
                 for key, value in extra.items():
                     accumulate(key, value)
                 if bar is not None:

@@ -194,14 +194,14 @@ def test_discriminator_step_changes_no_network_and_network_step_no_discriminator
     log = []
     inner = method.training_step
 
-    def spying_step(x, y, update):
+    def spying_step(x, y, update, **where):
         def spy(terms):
             before = {n: _snapshot(m) for n, m in {**nets, **method.auxiliary}.items()}
             update(terms)
             changed = {n for n, m in {**nets, **method.auxiliary}.items() if _changed(before[n], m)}
             log.append((set(terms), changed))
 
-        return inner(x, y, spy)
+        return inner(x, y, spy, **where)
 
     method.training_step = spying_step  # the real fit, its optimizers and its update
     config = TrainConfig(epochs=1, batch_size=50, lr=0.05, device="cpu", seed=0)

@@ -176,7 +176,7 @@ class AdversarialMutualLearning(Method):
             }
         return terms
 
-    def training_step(self, x, y, update):
+    def training_step(self, x, y, update, *, epoch=1, step=0):
         outputs = self._forward(x)
         views = {name: self._disc_view(z, f, y) for name, (z, f) in outputs.items()}
         disc_terms, metrics = self._discriminator_terms(views)

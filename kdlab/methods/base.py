@@ -23,7 +23,16 @@ METHODS: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method available by its ``name`` (CLI, grids, :func:`kdlab.run`)."""
+    """Class decorator: make a method available by its ``name`` (CLI, grids, :func:`kdlab.run`).
+
+    A name can be registered once: a second class under a taken name is an error, not a silent
+    replacement of the first.
+    """
+    taken = METHODS.get(cls.name)
+    if taken is not None and taken is not cls:
+        raise ValueError(
+            f"method name {cls.name!r} is taken by {taken.__module__}.{taken.__qualname__}"
+        )
     METHODS[cls.name] = cls
     return cls
 
@@ -86,8 +95,13 @@ class Method(nn.Module):
     def validate(self) -> None:
         """Raise ValueError for invalid parameter values (called before any training)."""
 
-    def training_step(self, x: torch.Tensor, y: torch.Tensor, update: Update) -> Terms:
+    def training_step(
+        self, x: torch.Tensor, y: torch.Tensor, update: Update, *, epoch: int = 1, step: int = 0
+    ) -> Terms:
         """Compute the loss terms of one batch and hand them to ``update`` (once or more).
+
+        ``epoch`` counts from 1 and ``step`` (the batch within the epoch) from 0, for methods
+        whose loss depends on where training is (DKD's warm-up).
 
         Returns further per-batch metrics to average over the epoch (e.g. a discriminator's
         accuracy), as detached tensors; the loop logs every loss term it was handed itself.

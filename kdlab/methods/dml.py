@@ -63,7 +63,7 @@ class DeepMutualLearning(Method):
         ]
         return {"ce": cross_entropy(z, y), "kl": self.params.lam * peer_mean(mimicry)}
 
-    def training_step(self, x, y, update):
+    def training_step(self, x, y, update, *, epoch=1, step=0):
         logits = {name: net(x) for name, net in self.networks.items()}
         if self.params.schedule == "sync":
             update({name: self._terms(name, logits, y) for name in logits})

@@ -16,6 +16,6 @@ class Independent(Method):
 
     name = "independent"
 
-    def training_step(self, x, y, update):
+    def training_step(self, x, y, update, *, epoch=1, step=0):
         update({name: {"ce": cross_entropy(net(x), y)} for name, net in self.networks.items()})
         return {}

@@ -39,7 +39,7 @@ class KnowledgeDistillation(Method):
             raise ValueError(f"alpha must be in [0, 1], got {self.params.alpha}")
         check_temperature("temperature", self.params.temperature)
 
-    def training_step(self, x, y, update):
+    def training_step(self, x, y, update, *, epoch=1, step=0):
         alpha, temperature = self.params.alpha, self.params.temperature
         with torch.no_grad():
             teacher_logits = self.frozen["teacher"](x)

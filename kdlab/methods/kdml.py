@@ -177,7 +177,7 @@ class TeacherAndPeers(Method):
         return list(self.students)
 
     # -- one batch --------------------------------------------------------------------------------
-    def training_step(self, x, y, update):
+    def training_step(self, x, y, update, *, epoch=1, step=0):
         p = self.params
         features = p.styles == "different"
         n = len(self.students)
