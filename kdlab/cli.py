@@ -67,7 +67,7 @@ def _method_params(method: str, assignments: Sequence[str]) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import run
+    from .reproduce import train_one
 
     method_cls = get_method(args.method)
     params = _method_params(args.method, args.set)
@@ -80,61 +80,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         train_size=args.train_size,
     )
-    dataset = prof.load_dataset(args.data_root)
-    config = prof.train_config(seed=args.seed, device=args.device, precision=args.precision)
-    out = Path(args.out)
-    teacher = args.teacher_checkpoint
     if method_cls.teacher_mode is None and (args.teacher or args.teacher_checkpoint):
         raise UsageError(f"method {args.method!r} has no teacher; drop --teacher")
     if method_cls.teacher_mode is not None and not (args.teacher or args.teacher_checkpoint):
         raise UsageError(
             f"method {args.method!r} needs --teacher ARCH or --teacher-checkpoint PATH"
         )
-    if teacher is None and method_cls.teacher_mode == "pretrained":
-        # A bad architecture or method parameter fails now, not after the teacher has trained.
-        from torch import nn
-
-        from .models import build_model
-
-        build_model(args.teacher, dataset.num_classes, dataset.in_channels)
-        students = [m.strip() for m in args.models.split(",")]
-        method_cls(
-            {
-                arch: build_model(arch, dataset.num_classes, dataset.in_channels)
-                for arch in students
-            },
-            teacher=nn.Identity(),
-            **params,
-        )
-        # Offline distillation: train the teacher first, on the same data and seed.
-        teacher_config = prof.train_config(
-            seed=args.seed,
-            device=args.device,
-            precision=args.precision,
-            epochs=args.teacher_epochs or config.epochs,
-        )
-        print(f"training the teacher {args.teacher} first → {out / 'teacher'}", file=sys.stderr)
-        teacher_run = run(
-            "independent",
-            [args.teacher],
-            dataset,
-            config=teacher_config,
-            out=out / "teacher",
-            resume=args.resume and (out / "teacher" / "checkpoint.pt").exists(),
-            progress=not args.no_progress,
-        )
-        teacher = str(out / "teacher" / "networks" / "net1.pt")
-        del teacher_run
-    elif teacher is None:
-        teacher = args.teacher
-    result = run(
+    dataset = prof.load_dataset(args.data_root)
+    config = prof.train_config(seed=args.seed, device=args.device, precision=args.precision)
+    out = Path(args.out)
+    result = train_one(
         args.method,
-        args.models,
+        [m.strip() for m in args.models.split(",")],
         dataset,
-        teacher=teacher,
         config=config,
+        teacher=args.teacher_checkpoint or args.teacher,
         out=out,
         resume=args.resume,
+        teacher_epochs=args.teacher_epochs,
         progress=not args.no_progress,
         **params,
     )
@@ -166,21 +129,27 @@ def _demo_grid(profile_name: str, out: Path) -> bool:
     return all(o["status"] in ("ok", "skipped") for o in outcomes)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """papermill every notebook with ``out_dir`` set, run the digits grid (before the notebook
-    that reads a grid's results), then write ``OUT/summary.md`` and print both tables."""
+def _demo_rows(notebook: Path, runs: Path) -> list[dict]:
+    """One row per network of every run a notebook wrote under ``runs``."""
     import json
-    import os
-    import time
 
-    import papermill
+    rows = []
+    for summary_file in sorted(runs.glob("**/summary.json")):
+        summary = json.loads(summary_file.read_text())
+        for network, entry in summary["networks"].items():
+            rows.append({
+                "notebook": notebook.stem, "run": str(summary_file.parent.relative_to(runs)),
+                "network": f"{network} ({entry.get('arch', 'mean softmax')})",
+                "final": f"{entry['final_acc']:.2f}",
+                "best (epoch)": f"{entry['best_acc']:.2f} ({entry['best_epoch']})",
+                "seconds": f"{summary['seconds']:.0f}",
+            })  # fmt: skip
+    return rows
 
-    from .nbtools import execute, repository_root
 
-    name = profile(args.profile).name
-    os.environ["KDLAB_PROFILE"] = name
-    out = Path(args.out).resolve()
-    chosen = args.notebooks.split(",") if args.notebooks else None
+def _demo_notebooks(chosen: list[str] | None) -> list[Path]:
+    from .nbtools import repository_root
+
     notebooks = [
         nb
         for nb in sorted((repository_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -188,18 +157,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ]
     if not notebooks:
         raise UsageError("no notebooks to run")
-    lines = [f"# kdlab demo (profile {name})", ""]
-    lines += [
-        "Test accuracy (%) of every run of every notebook: last epoch, and best (its epoch).",
-        "",
-    ]
-    lines += [
-        "| notebook | run | network | final | best (epoch) | seconds |",
-        "|---|---|---|---|---|---|",
-    ]
-    failed, timings = [], []
+    return notebooks
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """papermill every notebook with ``out_dir`` set, run the digits grid (before the notebook
+    that reads a grid's results), then write ``OUT/summary.md`` and print both tables."""
+    import os
+    import time
+
+    import papermill
+
+    from .nbtools import execute
+    from .reproduce import markdown_table, write_table
+
+    name = profile(args.profile).name
+    os.environ["KDLAB_PROFILE"] = name
+    out = Path(args.out).resolve()
+    chosen = args.notebooks.split(",") if args.notebooks else None
+    rows, failed, timings = [], [], []
     grid_out, grid_ok = out / "grid", None
-    for nb in notebooks:
+    for nb in _demo_notebooks(chosen):
         runs = out / nb.stem
         declared = papermill.inspect_notebook(str(nb))
         given = {"PROFILE": name, "out_dir": str(runs)}
@@ -213,27 +191,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
             execute(nb, out / nb.name, {k: v for k, v in given.items() if k in declared})
         except Exception as error:  # keep going: report every notebook
             failed.append(nb.name)
-            print(
-                f"{nb.name} failed: {str(error).splitlines()[0]}; see {out / nb.name}",
-                file=sys.stderr,
-            )
+            first = str(error).splitlines()[0]
+            print(f"{nb.name} failed: {first}; see {out / nb.name}", file=sys.stderr)
             continue
         elapsed = time.perf_counter() - started
-        timings.append(f"| {nb.name} | {elapsed:.0f} |")
+        timings.append({"notebook": nb.name, "seconds": f"{elapsed:.0f}"})
         print(f"{nb.name}: {elapsed:.0f} s", file=sys.stderr)
-        for summary_file in sorted(runs.glob("**/summary.json")):
-            summary = json.loads(summary_file.read_text())
-            for network, entry in summary["networks"].items():
-                lines.append(
-                    f"| {nb.stem} | {summary_file.parent.relative_to(runs)} | {network} "
-                    f"({entry.get('arch', 'mean softmax')}) | {entry['final_acc']:.2f} | "
-                    f"{entry['best_acc']:.2f} ({entry['best_epoch']}) | {summary['seconds']:.0f} |"
-                )
+        rows += _demo_rows(nb, runs)
     if grid_ok is None and chosen is None:
         grid_ok = _demo_grid(name, grid_out)
-    lines += ["", "| notebook | seconds |", "|---|---|", *timings]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    preamble = (
+        f"# kdlab demo (profile {name})\n\n"
+        "Test accuracy (%) of every run of every notebook: last epoch, and best (its epoch)."
+    )
+    write_table(out / "summary.md", rows, preamble=preamble, epilogue=markdown_table(timings))
+    print((out / "summary.md").read_text())
     if (grid_out / "results.md").exists():
         print("\n" + (grid_out / "results.md").read_text())
     print(f"\nwrote {out / 'summary.md'}, the executed notebooks, and the grid in {grid_out}")
@@ -242,7 +214,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # Further commands live in their own modules, each with add_arguments(parser) and main(args).
 _COMMANDS = {
-    "reproduce": ("kdlab.reproduce", "run a grid of notebooks and aggregate a results table"),
+    "reproduce": ("kdlab.reproduce", "run a grid of trainings and aggregate a results table"),
     "bench": ("kdlab.bench", "measure training speed against the common training loop"),
 }
 

@@ -40,6 +40,8 @@ class Profile:
     fallback_dataset: str | None = None  # used when ``dataset`` is absent and offline
     fallback: dict[str, Any] = dataclasses.field(default_factory=dict)
     weight_decay: float = 5e-4
+    milestones: tuple[int, ...] | None = None  # None: TrainConfig's, scaled to the epochs
+    precision: str = "auto"  # "auto", "fp32", "bf16", "fp16"
     overridden: tuple[str, ...] = ()  # fields set explicitly: a fallback leaves them alone
 
     def train_config(self, seed: int = 0, **overrides: Any) -> TrainConfig:
@@ -50,8 +52,11 @@ class Profile:
             lr=self.lr,
             schedule=self.schedule,
             weight_decay=self.weight_decay,
+            precision=self.precision,
             seed=seed,
         )
+        if self.milestones is not None:
+            values["milestones"] = tuple(self.milestones)
         values.update(overrides)
         return TrainConfig(**values)
 
@@ -108,8 +113,9 @@ def profile(name: str | None = None, **overrides: Any) -> Profile:
     """
     base = PROFILES[profile_name(name)]
     given = {k: v for k, v in overrides.items() if v is not None}
-    if "seeds" in given:
-        given["seeds"] = tuple(given["seeds"])
+    for key in ("seeds", "milestones"):
+        if key in given:
+            given[key] = tuple(given[key])
     fields = {f.name for f in dataclasses.fields(Profile)}
     unknown = sorted(set(given) - fields)
     if unknown:

@@ -83,7 +83,7 @@ def test_dml_temperature_and_the_weight_of_a_single_term():
 def test_dml_alternating_updates_one_peer_at_a_time_in_order():
     torch.manual_seed(0)
     nets = {f"peer{i}": build_model("cnn_tiny", 10, 1) for i in (1, 2, 3)}
-    method = get_method("dml")(nets, schedule="alternating").train()
+    method = get_method("dml")(nets, update_order="alternating").train()
     seen = []
 
     def update(terms):
@@ -98,7 +98,7 @@ def test_dml_alternating_peer2_term_uses_updated_peer1():
     """Against a hand-run of Algorithm 1 with fixed-logit peers (no BatchNorm to disturb)."""
     peers = _peers([Z1, Z2])
     # λ = ½: with λ = 1 peer 1's CE and KL gradients cancel exactly on these logits.
-    method = get_method("dml")(peers, lam=0.5, schedule="alternating")
+    method = get_method("dml")(peers, lam=0.5, update_order="alternating")
     opt = {n: torch.optim.SGD(p.parameters(), lr=1.0) for n, p in peers.items()}
     kl_seen = {}
 
@@ -221,7 +221,8 @@ def test_discriminator_step_changes_no_network_and_network_step_no_discriminator
     [
         ("dml", {"lam": -1.0}, "lam must be ≥ 0"),
         ("dml", {"temperature": 0.0}, "temperature must be > 0"),
-        ("dml", {"schedule": "async"}, "unknown schedule 'async'"),
+        ("dml", {"update_order": "async"}, "unknown update_order 'async'"),
+        ("dml", {"schedule": "alternating"}, "it is now 'update_order'"),
         ("adml", {"lam_div": -0.1}, "lam_div must be ≥ 0"),
         ("adml", {"lam_adv": -0.1}, "lam_adv must be ≥ 0"),
         ("adml", {"divergence": "cos"}, "unknown divergence 'cos'"),
@@ -355,10 +356,10 @@ def test_three_peers_of_different_architectures(tmp_path):
 
 
 def test_alternating_schedule_from_the_command_line(tmp_path):
-    code, out = _cli(tmp_path, "dml", "cnn_tiny,cnn_tiny", "--set", "schedule=alternating")
+    code, out = _cli(tmp_path, "dml", "cnn_tiny,cnn_tiny", "--set", "update_order=alternating")
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["params"]["schedule"] == "alternating"
+    assert summary["params"]["update_order"] == "alternating"
     assert summary["networks"]["ensemble"]["final_acc"] > 20
 
 

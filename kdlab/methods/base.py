@@ -77,6 +77,7 @@ class Method(nn.Module):
     teacher_mode: ClassVar[str | None] = (
         None  # None, "pretrained" (frozen) or "online" (trained too)
     )
+    renamed: ClassVar[dict[str, str]] = {}  # old parameter name → new: an error that names it
 
     def __init__(self, networks: Mapping[str, nn.Module], **params: Any) -> None:
         super().__init__()
@@ -131,15 +132,23 @@ class Method(nn.Module):
         return self
 
 
+def _unknown_parameter(method: Method | type[Method], key: str) -> ValueError:
+    if key in method.renamed:
+        return ValueError(
+            f"method {method.name!r} has no parameter {key!r} any more: it is now "
+            f"{method.renamed[key]!r}"
+        )
+    known = ", ".join(sorted(f.name for f in dataclasses.fields(method.Params))) or "none"
+    return ValueError(f"unknown parameter {key!r} for method {method.name!r}; known: {known}")
+
+
 def make_params(method: Method | type[Method], given: Mapping[str, Any]):
-    """Build ``method.Params`` from keyword values, with a one-line error for unknown names."""
+    """Build ``method.Params`` from keyword values, with a one-line error for unknown names
+    (a renamed parameter's error names its new name)."""
     fields = {f.name for f in dataclasses.fields(method.Params)}
     unknown = sorted(set(given) - fields)
     if unknown:
-        known = ", ".join(sorted(fields)) or "none"
-        raise ValueError(
-            f"unknown parameter {unknown[0]!r} for method {method.name!r}; known: {known}"
-        )
+        raise _unknown_parameter(method, unknown[0])
     return method.Params(**given)
 
 
@@ -147,8 +156,7 @@ def parse_value(method: type[Method], key: str, text: str) -> Any:
     """Convert ``--set key=text`` to the type of the parameter's default value."""
     fields = {f.name: f for f in dataclasses.fields(method.Params)}
     if key not in fields:
-        known = ", ".join(sorted(fields)) or "none"
-        raise ValueError(f"unknown parameter {key!r} for method {method.name!r}; known: {known}")
+        raise _unknown_parameter(method, key)
     field = fields[key]
     default = field.default
     if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:

@@ -9,7 +9,7 @@ import torch
 from ..losses import cross_entropy, mutual_kl
 from .base import Method, check_choice, check_temperature, check_weight, register
 
-SCHEDULES = ("sync", "alternating")
+UPDATE_ORDERS = ("sync", "alternating")
 
 
 def peer_mean(values: list[torch.Tensor]) -> torch.Tensor:
@@ -27,12 +27,15 @@ class DeepMutualLearning(Method):
     without a T² factor (DML uses T = 1). The official code sums over the other peers; the kit
     averages (the two agree for K = 2). Any mix of architectures.
 
-    ``schedule``: ``"sync"`` (default) forwards every peer once per batch, computes every peer's
+    ``update_order``: ``"sync"`` (default) forwards every peer once per batch, computes every peer's
     loss against the detached others and steps every optimizer together. ``"alternating"`` is
     the paper's Algorithm 1: update peer 1, recompute its prediction with its new weights,
     update peer 2 against it, and so on. Every peer is still forwarded once with gradient; the
     recomputation costs K − 1 extra forward passes without gradient (which, in train mode, also
     update BatchNorm's running statistics once more, as re-running the network in the paper does).
+
+    (``update_order`` was called ``schedule`` before; that name now belongs to the learning-rate
+    schedule alone, and passing it to DML is an error that names ``update_order``.)
 
     Logged terms per peer: ``ce`` = CE(y, z_k) and ``kl`` = the weighted mimicry term, so they
     add up to ``L_k``.
@@ -41,17 +44,18 @@ class DeepMutualLearning(Method):
     name = "dml"
     role = "peer"
     min_networks = 2
+    renamed = {"schedule": "update_order"}
 
     @dataclasses.dataclass
     class Params:
         lam: float = 1.0  # λ, the weight of the mimicry term
         temperature: float = 1.0  # T of p^T = softmax(z / T)
-        schedule: str = "sync"  # "sync" or "alternating" (the paper's Algorithm 1)
+        update_order: str = "sync"  # "sync" or "alternating" (the paper's Algorithm 1)
 
     def validate(self):
         check_weight("lam", self.params.lam)
         check_temperature("temperature", self.params.temperature)
-        check_choice("schedule", self.params.schedule, SCHEDULES)
+        check_choice("update_order", self.params.update_order, UPDATE_ORDERS)
 
     def _terms(self, name: str, logits: dict[str, torch.Tensor], y: torch.Tensor) -> dict:
         """``{"ce": CE(y, z_k), "kl": λ · mean_{l≠k} KL(sg p_l^T ‖ p_k^T)}`` of peer ``name``."""
@@ -65,7 +69,7 @@ class DeepMutualLearning(Method):
 
     def training_step(self, x, y, update, *, epoch=1, step=0):
         logits = {name: net(x) for name, net in self.networks.items()}
-        if self.params.schedule == "sync":
+        if self.params.update_order == "sync":
             update({name: self._terms(name, logits, y) for name in logits})
             return {}
         # Alternating: each peer's graph from the forward above is still valid at its turn,
