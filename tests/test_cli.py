@@ -31,11 +31,9 @@ def test_train_independent(tmp_path, capsys):
     assert code == 0
     files = _files(out)
     assert files["config"]["method"] == "independent"
-    assert files["config"]["archs"] == {
-        "net1": "resnet20",
-        "net2": "resnet20",
-        "_dataset": "digits",
-    }
+    archs = files["config"]["archs"]
+    assert (archs["net1"], archs["net2"]) == ("resnet20", "resnet20")
+    assert files["summary"]["dataset"] == "digits"
     assert files["config"]["train"]["epochs"] == 2 and files["config"]["train"]["seed"] == 0
     assert [row["epoch"] for row in files["metrics"]] == [1, 2]
     networks = files["summary"]["networks"]
@@ -121,6 +119,7 @@ def test_teacher_checkpoint_skips_training_it(kd_out, tmp_path, capsys):
         (["--method", "independent", "--models", "cnn_tiny", "--teacher", "cnn_small"], "teacher"),
         (["--method", "independent", "--models", "cnn_tiny", "--profile", "huge"], "huge"),
         (["--method", "kd", "--teacher-checkpoint", "missing.pt", "--models", "cnn_tiny"], "missing.pt"),
+        (["--method", "dml", "--models", "cnn_tiny,cnn_tiny", "--set", "schedule=sync"], "update_order"),
     ],
 )  # fmt: skip
 def test_bad_arguments_give_one_line_and_code_2(tmp_path, capsys, args, word):

@@ -1,5 +1,6 @@
-"""Grids: the smoke grid end to end, skipping finished cells, resuming interrupted ones, failing
-cells, bad grid files, the published table, and notebook 06."""
+"""Grids: the smoke grid end to end, the three executors for real (a process pool with fake GPU
+ids, submitit's local executor), a grid started again running only what is missing, failing
+cells, every shipped grid's dry run, bad grid files, the published table, and notebook 06."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import kdlab
 from kdlab import reproduce
 from kdlab.cli import main as cli_main
 from kdlab.metrics import summarize
+from kdlab.reproduce.contract import CONTRACT, METHOD_NOTEBOOKS, method_knobs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,9 +28,14 @@ def _csv(path):
         return list(csv.DictReader(f))
 
 
+def _records(out: Path) -> list[dict]:
+    records = (json.loads(p.read_text()) for p in (out / "cells").glob("*/cell.json"))
+    return sorted(records, key=lambda r: r["index"])
+
+
 @pytest.fixture(scope="session")
 def smoke_results(tmp_path_factory):
-    """The shipped smoke grid, every cell's notebook executed with papermill, once."""
+    """The shipped smoke grid, every cell's runner notebook executed with papermill, once."""
     out = tmp_path_factory.mktemp("smoke-grid")
     code = cli_main(["reproduce", "smoke", "--out", str(out), "--no-progress"])
     return out, code
@@ -37,15 +44,23 @@ def smoke_results(tmp_path_factory):
 def test_smoke_grid_end_to_end(smoke_results):
     out, code = smoke_results
     assert code == 0
-    records = [json.loads(p.read_text()) for p in (out / "cells").glob("*/cell.json")]
+    records = _records(out)
     assert len(records) == 4 and all(r["status"] == "ok" for r in records)
     for record in records:
         executed = nbformat.read(out / record["executed"], as_version=4)
         injected = [
             c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])
         ]
-        assert injected and f"seeds = [{record['spec']['seed']}]" in injected[0].source
+        seed = record["spec"]["seed"]
+        assert injected and f"seeds = [{seed}]" in injected[0].source
+        assert 'run_name = "main"' in injected[0].source
+        # The cell's run is the one its run name says, and the cell trained only that one.
+        assert record["run"] == f"cells/{record['name']}/runs/main-seed{seed}"
+        assert [p.name for p in (out / record["run"]).parent.iterdir()] == [f"main-seed{seed}"]
         assert (out / record["run"] / "checkpoint.pt").exists()
+    kd = next(r for r in records if r["spec"]["method"] == "kd")
+    teacher = json.loads((out / kd["run"] / "teacher" / "summary.json").read_text())
+    assert teacher["method"] == "independent"  # trained first, inside the kd run's folder
 
     runs = _csv(out / "runs.csv")
     results = _csv(out / "results.csv")
@@ -59,80 +74,110 @@ def test_smoke_grid_end_to_end(smoke_results):
         assert sorted(int(r["seed"]) for r in mine) == [0, 1] and row["n"] == "2"
         stats = summarize([float(r["final_acc"]) for r in mine])
         assert float(row["final_mean"]) == pytest.approx(stats["mean"])
-        assert float(row["final_std"]) == pytest.approx(stats["std"])
+        assert float(row["final_std"]) == pytest.approx(stats["std"])  # sample std (n − 1)
         assert float(row["best_mean"]) >= float(row["final_mean"]) - 1e-9
         assert 1 <= float(row["best_epoch_mean"]) <= 2
     # The seeds differ, so the runs differ (a grid that ran one seed twice would fail here).
     alone = [float(r["final_acc"]) for r in runs if r["method"] == "independent"]
     assert alone[0] != alone[1]
-    # Two epochs already beat chance (10 %) on digits.
     independent = next(r for r in results if r["method"] == "independent")
-    assert float(independent["final_mean"]) > 15
+    assert float(independent["final_mean"]) > 15  # two epochs already beat chance (10 %)
     table = (out / "results.md").read_text()
     assert "| independent | cnn_tiny | digits |" in table and "± " in table
 
 
-def test_finished_cells_are_skipped(smoke_results):
+def test_finished_cells_are_skipped_whatever_the_executor(smoke_results):
     out, _ = smoke_results
-    before = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("notebook.ipynb")}
-    outcomes = reproduce.run_grid("smoke", out, progress=False)
+    before = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.json")}
+    outcomes = reproduce.run_grid("smoke", out, executor="gpus", gpus="0,1", progress=False)
     assert [o["status"] for o in outcomes] == ["skipped"] * 4
     assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing executed again
 
 
-def _direct_grid(epochs=3):
+def _direct_grid(epochs=2, seeds=(0,)):
     return {
         "name": "direct",
         "profile": "smoke",
-        "seeds": [0],
+        "seeds": list(seeds),
         "settings": {"epochs": epochs, "train_size": 200},
-        "experiments": [{"method": "independent", "models": ["cnn_tiny"], "notebook": "runner"}],
+        "experiments": [{"method": "independent", "models": ["cnn_tiny"]}],
     }
 
 
-def test_interrupted_cell_resumes_to_the_uninterrupted_numbers(tmp_path):
-    whole = tmp_path / "whole"
-    assert (
-        reproduce.run_grid(_direct_grid(), whole, executor="direct", progress=False)[0]["status"]
-        == "ok"
-    )
+def test_gpus_pool_gives_each_cell_its_own_device(tmp_path):
+    """Two workers with fake device ids on the CPU: each cell's process sees one of them."""
+    out = tmp_path / "pool"
+    outcomes = reproduce.run_grid(_direct_grid(epochs=1, seeds=(0, 1)), out, executor="gpus",
+                                  gpus="0,1", how="direct", progress=False)  # fmt: skip
+    assert [o["status"] for o in outcomes] == ["ok", "ok"]
+    seen = [r["visible_devices"] for r in _records(out)]  # read inside each cell's process
+    assert sorted(seen) == ["0", "1"]
+    assert len(_csv(out / "runs.csv")) == 2
 
-    # Interrupt the same cell after one epoch: the folder notebook_run uses, stopped early.
-    cell = reproduce.load_grid(_direct_grid()).cells[0]
-    runs_dir = tmp_path / "part" / "cells" / cell.name / "runs"
+
+def test_interrupted_grid_runs_only_what_is_missing(tmp_path):
+    """One cell finished, one stopped after an epoch: started again (on another executor), the
+    grid trains only the stopped one, from its checkpoint, to the uninterrupted numbers."""
+    whole = tmp_path / "whole"
+    grid = _direct_grid(epochs=3, seeds=(0, 1))
+    reproduce.run_grid(grid, whole, how="direct", progress=False)
+
+    part = tmp_path / "part"
+    reproduce.run_grid(_direct_grid(epochs=3, seeds=(0,)), part, how="direct", progress=False)
+    finished = next((part / "cells").glob("*/runs/main-seed0/metrics.jsonl"))
+    stamp = finished.stat().st_mtime_ns
+    cell = reproduce.load_grid(grid).cells[1]
     prof = kdlab.profile("smoke", epochs=3, train_size=200)
     kdlab.run(
-        "independent", ["cnn_tiny"], prof.load_dataset(), config=prof.train_config(seed=0),
-        out=runs_dir / "independent-cnn_tiny-seed0", stop_after=1, progress=False,
+        "independent", ["cnn_tiny"], prof.load_dataset(), config=prof.train_config(seed=1),
+        out=part / "cells" / cell.name / "runs" / "main-seed1", stop_after=1, progress=False,
     )  # fmt: skip
-    outcome = reproduce.run_grid(_direct_grid(), tmp_path / "part", executor="direct",
-                                 progress=False)[0]  # fmt: skip
-    assert outcome["status"] == "ok"
+    outcomes = reproduce.run_grid(grid, part, executor="gpus", gpus="0", how="direct",
+                                  progress=False)  # fmt: skip
+    assert [o["status"] for o in outcomes] == ["skipped", "ok"]
+    assert finished.stat().st_mtime_ns == stamp  # the finished cell did not run again
 
     def history(out):
-        record = json.loads(next((out / "cells").glob("*/cell.json")).read_text())
+        record = _records(out)[1]
         rows = [json.loads(x) for x in (out / record["run"] / "metrics.jsonl").open()]
         return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
-    assert [row["epoch"] for row in history(tmp_path / "part")] == [1, 2, 3]
-    assert history(tmp_path / "part") == history(whole)
+    assert [row["epoch"] for row in history(part)] == [1, 2, 3]
+    assert history(part) == history(whole)
     assert (
-        _csv(tmp_path / "part" / "results.csv")[0]["final_mean"]
-        == _csv(whole / "results.csv")[0]["final_mean"]
+        _csv(part / "results.csv")[0]["final_mean"] == _csv(whole / "results.csv")[0]["final_mean"]
     )
 
 
-def _notebook(path: Path, source: str) -> Path:
+def test_slurm_executor_through_submitits_local_executor(tmp_path):
+    pytest.importorskip("submitit")
+    out = tmp_path / "slurm"
+    outcomes = reproduce.run_grid(_direct_grid(epochs=1, seeds=(0, 1)), out, executor="slurm",
+                                  how="direct", slurm={"cluster": "local", "gpus_per_task": 0},
+                                  progress=False)  # fmt: skip
+    assert [o["status"] for o in outcomes] == ["ok", "ok"]
+    assert len(list((out / "slurm").rglob("*_result.pkl"))) == 2  # one task per cell
+    assert "| independent | cnn_tiny | digits |" in (out / "results.md").read_text()
+
+
+def test_a_requeued_slurm_task_runs_the_same_cell_again():
+    """Pre-empted or timed out, a task is resubmitted with its cell; the cell resumes."""
+    submitit = pytest.importorskip("submitit")
+    from kdlab.reproduce.execute import CellJob
+
+    again = CellJob().checkpoint("runs/x", "cell-a")
+    assert isinstance(again, submitit.helpers.DelayedSubmission)
+    assert isinstance(again.function, CellJob) and again.args == ("runs/x", "cell-a")
+
+
+def _notebook(path: Path, source: str, drop=()) -> Path:
+    names = [n for n in ["models", *CONTRACT] if n not in drop]
     params = nbformat.v4.new_code_cell(
-        "PROFILE = None\nout_dir = None\nseeds = None\nmodels = None",
-        metadata={"tags": ["parameters"]},
+        "\n".join(f"{n} = None" for n in names), metadata={"tags": ["parameters"]}
     )
     nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(source)])
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}  # fmt: skip
     nbformat.write(nb, path)
     return path
 
@@ -152,13 +197,10 @@ def test_failing_cells_are_reported_and_the_grid_goes_on(tmp_path, capsys):
     code = cli_main(["reproduce", str(grid), "--out", str(out), "--notebooks", str(notebooks),
                      "--no-progress"])  # fmt: skip
     assert code == 1
-    records = sorted(
-        (json.loads(p.read_text()) for p in (out / "cells").glob("*/cell.json")),
-        key=lambda r: r["index"],
-    )
+    records = _records(out)
     assert [r["status"] for r in records] == ["failed", "failed"]  # the second ran after the first
     assert records[0]["error"] == "RuntimeError: the loss exploded"
-    assert "wrote no run of independent with models cnn_small" in records[1]["error"]
+    assert "wrote no run main-seed0" in records[1]["error"]
     for record in records:
         assert (out / record["executed"]).exists()
     err = capsys.readouterr().err
@@ -166,23 +208,65 @@ def test_failing_cells_are_reported_and_the_grid_goes_on(tmp_path, capsys):
     assert "Cells not finished" in (out / "results.md").read_text()
 
 
+@pytest.mark.parametrize("name", reproduce.shipped_grids())
+def test_every_shipped_grid_dry_runs(name, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli_main(["reproduce", name, "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    cells = reproduce.load_grid(name).cells
+    assert printed[-1] == f"{len(cells)} cells" and len(printed) == len(cells) + 1
+    assert not out.exists()
+    if name == "tadml_table5_cifar100":  # 3 seeds × (2 pairs alone + 3 methods × 5 pairs)
+        assert len(cells) == 3 * (2 + 3 * 5)
+
+
+def test_a_grid_can_set_every_knob_of_every_teaching_notebook(tmp_path, capsys):
+    """Every recipe setting and every method knob reaches each method's notebook."""
+    settings = {
+        "epochs": 3,
+        "batch_size": 32,
+        "lr": 0.01,
+        "schedule": "step",
+        "milestones": [2],
+        "weight_decay": 0.0,
+        "precision": "fp32",
+        "train_size": 100,
+    }
+    experiments = [
+        {"method": method, "models": ["cnn_tiny"] * (1 if method == "kd" else 2),
+         "params": method_knobs(method), "settings": settings,
+         **({"teacher": "cnn_small"} if method in ("kd", "kdml") else {})}
+        for method in METHOD_NOTEBOOKS
+    ]  # fmt: skip
+    grid = {"profile": "smoke", "notebooks": dict(METHOD_NOTEBOOKS), "experiments": experiments}
+    path = tmp_path / "grid.yaml"
+    path.write_text(json.dumps(grid))
+    assert cli_main(["reproduce", str(path), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for pattern in METHOD_NOTEBOOKS.values():
+        assert pattern.split("*")[0] in out
+
+
 _ONE = "profile: smoke\nexperiments: [{method: independent, models: [cnn_tiny], %s}]"
 BAD_GRIDS = [
     ("profile: smoke\nexperiments: [{method: nope, models: [cnn_tiny]}]",
-     "method: 'nope' is not one of: adml, dml, independent, kd, kdml, tadml"),
+     "experiments[0]: method: 'nope' is not one of: adml, dml"),
     ("profile: huge\nexperiments: [{method: kd, models: [cnn_tiny]}]",
      "profile 'huge' is not one of: smoke, lab, paper"),
     ("profile: smoke\nepochs: 3\nexperiments: [{method: kd, models: [cnn_tiny]}]",
      "unknown key 'epochs'; allowed: name, description"),
     ("profile: smoke\nexperiments: [{method: kd, models: [cnn_tiny], params: {alpah: 1}}]",
-     "unknown parameter 'alpah' for method 'kd'; known: alpha, temperature"),
+     "experiments[0] (kd): params: unknown parameter 'alpah' for method 'kd'; known: alpha"),
+    ("profile: smoke\nexperiments: [{method: dml, models: [cnn_tiny, cnn_tiny], "
+     "params: {schedule: alternating}}]", "it is now 'update_order'"),
     ("profile: smoke\nexperiments: [{method: independent, models: [resnet999]}]",
-     "unknown model 'resnet999'; allowed: cnn"),
+     "experiments[0] (independent): models: unknown model 'resnet999'; allowed: cnn"),
     (_ONE % "settings: {epoch: 2}", "settings: unknown key 'epoch'; allowed: epochs, batch_size"),
+    (_ONE % "settings: {precision: fp8}", "settings: unknown precision 'fp8'"),
     (_ONE % "teacher: cnn", "teacher: method 'independent' has no teacher"),
-    (_ONE % "datasets: [mnist]", "unknown dataset 'mnist'; allowed: digits"),
+    (_ONE % "datasets: [mnist]", "datasets: unknown dataset 'mnist'; allowed: digits"),
     (_ONE % "grid: {x: 1}", "grid: x: give a non-empty list of values"),
-    (_ONE % "notebook: 99_none.ipynb", "no notebook '99_none.ipynb'"),
+    (_ONE % "notebook: 99_none.ipynb", "notebook: no notebook '99_none.ipynb'"),
     ("profile: smoke\nexperiments: []", "experiments must be a non-empty list"),
     ("profile: smoke\nexperiments: [{method: kd, models: [cnn_tiny]", "not valid YAML"),
 ]  # fmt: skip
@@ -210,22 +294,30 @@ def test_unknown_grid_name_and_undeclared_parameter(tmp_path, capsys):
         "experiments": [{"method": "kd", "models": ["cnn_tiny"], "teacher": "cnn_small",
                          "notebook": "plain.ipynb"}],
     }  # fmt: skip
-    with pytest.raises(ValueError, match=r"has no parameter 'teacher' \(its parameters: PROFILE"):
+    cell = reproduce.load_grid(grid, notebooks).cells[0]
+    with pytest.raises(ValueError, match=rf"cell {cell.name}: notebook plain.ipynb has no "
+                                         r"parameter 'teacher' \(its parameters: PROFILE"):  # fmt: skip
         reproduce.run_grid(grid, tmp_path / "o", notebooks_dir=notebooks, progress=False)
     assert not (tmp_path / "o").exists()
 
 
-def test_shipped_grids_parse():
-    smoke = reproduce.load_grid("smoke")
-    assert len(smoke.cells) == 4 and {c.method for c in smoke.cells} == {"independent", "kd"}
-    assert {c.seed for c in smoke.cells} == {0, 1}
-    for name in ("digits", "tadml_table5_cifar100", "tadml_table7"):
-        try:
-            grid = reproduce.load_grid(name)
-        except ValueError as error:  # a method that is not in this checkout yet
-            assert "is not one of" in str(error)
-            continue
-        assert all(c.profile in ("lab", "paper") for c in grid.cells)
+def test_train_and_reproduce_share_one_default_data_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDLAB_DATA", str(tmp_path / "cache"))
+    grid = reproduce.load_grid(_direct_grid())
+    reproduce.plan(grid, tmp_path / "out")
+    record = _records(tmp_path / "out")[0]
+    assert record["parameters"]["data_root"] == str((tmp_path / "cache").resolve())
+    assert kdlab.data.default_root() == tmp_path / "cache"  # what `train` loads from
+
+
+def test_write_table_writes_csv_and_markdown(tmp_path):
+    rows = [{"a": 1, "b": None}, {"a": 2.5, "b": "x"}]
+    reproduce.write_table(tmp_path / "t.csv", rows)
+    assert (tmp_path / "t.csv").read_text().splitlines() == ["a,b", "1.0,", "2.5,x"]
+    reproduce.write_table(tmp_path / "t.md", rows, preamble="# T")
+    assert (
+        tmp_path / "t.md"
+    ).read_text() == "# T\n\n| a | b |\n|---|---|\n| 1.0 | – |\n| 2.5 | x |\n"
 
 
 def test_published_numbers_match_the_grid_rows():
@@ -249,6 +341,7 @@ def test_published_numbers_match_the_grid_rows():
         [(93.05, "TADML Table 7")],
     ]
     assert reproduce.published_for("digits", "tadml", ["resnet32", "resnet32"]) == [[], []]
+    assert len(reproduce.PUBLISHED) == 46
 
 
 @pytest.mark.notebook
