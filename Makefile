@@ -7,7 +7,7 @@ PORT ?= 8888
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-unit test-notebooks test-browser lint lab bench clean
+.PHONY: demo test test-unit test-notebooks test-browser test-slurm lint lab bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test-browser: $(STAMP)
 	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 	@$(PY) -c "import playwright.sync_api" 2>/dev/null || $(PY) -m pip install -q playwright
 	KDLAB_PROFILE=smoke KDLAB_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -m browser -p no:cacheprovider -v -s tests/test_browser.py
+
+# A single-node SLURM cluster (Debian's slurmctld, slurmd, munge) runs the smoke grid through
+# `reproduce --executor slurm` to its results.md (about 2 min here; kept out of `make test`).
+test-slurm: $(STAMP)
+	tests/slurm/run.sh $(PY)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT)
