@@ -160,6 +160,28 @@ def test_slurm_executor_through_submitits_local_executor(tmp_path):
     assert "| independent | cnn_tiny | digits |" in (out / "results.md").read_text()
 
 
+def test_slurm_without_a_cluster_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no sbatch at all
+    out = str(tmp_path / "o")
+    assert cli_main(["reproduce", "smoke", "--out", out, "--executor", "slurm"]) == 2
+    assert "needs SLURM's sbatch on the PATH" in capsys.readouterr().err
+    (tmp_path / "bin").mkdir()
+    sbatch = tmp_path / "bin" / "sbatch"  # an sbatch that refuses the array
+    sbatch.write_text(
+        "#!/bin/sh\necho 'sbatch: error: invalid partition specified: nope' >&2\nexit 1\n"
+    )
+    sbatch.chmod(0o755)
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    code = cli_main(["reproduce", "smoke", "--out", out, "--executor", "slurm", "--partition",
+                     "nope", "--no-progress"])  # fmt: skip
+    assert code == 2
+    assert "kdlab: error: SLURM did not take the job array: sbatch: error: invalid partition" in (
+        capsys.readouterr().err
+    )
+
+
 def test_a_requeued_slurm_task_runs_the_same_cell_again():
     """Pre-empted or timed out, a task is resubmitted with its cell; the cell resumes."""
     submitit = pytest.importorskip("submitit")

@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import traceback
@@ -45,7 +46,7 @@ from .grid import RUNNER, Cell, Grid, load_grid
 
 EXECUTORS = ("local", "gpus", "slurm")
 SLURM_DEFAULTS = {"partition": None, "time": 24 * 60, "gpus_per_task": 1, "cpus_per_task": None,
-                  "array_parallelism": 16, "cluster": None}  # fmt: skip
+                  "array_parallelism": 16, "cluster": "slurm"}  # fmt: skip
 
 
 def _record_path(out: Path, name: str) -> Path:
@@ -232,11 +233,9 @@ class CellJob:
         return submitit.helpers.DelayedSubmission(CellJob(), out, name)
 
 
-def run_slurm(out: Path, names: Sequence[str], done, options: Mapping[str, Any]) -> None:
-    """A submitit job array, one task per cell; waits for every task."""
+def _slurm_executor(out: Path, options: Mapping[str, Any]):
     import submitit
 
-    options = {**SLURM_DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
     executor = submitit.AutoExecutor(folder=out / "slurm" / "%j", cluster=options["cluster"])
     parameters: dict[str, Any] = {
         "name": f"kdlab-{out.name}", "timeout_min": int(options["time"]),
@@ -250,7 +249,18 @@ def run_slurm(out: Path, names: Sequence[str], done, options: Mapping[str, Any])
     if options["partition"]:
         parameters["slurm_partition"] = options["partition"]
     executor.update_parameters(**parameters)
-    jobs = executor.map_array(CellJob(), [str(out)] * len(names), list(names))
+    return executor
+
+
+def run_slurm(out: Path, names: Sequence[str], done, options: Mapping[str, Any]) -> None:
+    """A submitit job array, one task per cell; waits for every task."""
+    options = {**SLURM_DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    try:
+        executor = _slurm_executor(out, options)
+        jobs = executor.map_array(CellJob(), [str(out)] * len(names), list(names))
+    except Exception as error:  # no cluster, or sbatch refused: a bad partition, time limit…
+        last = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+        raise ValueError(f"SLURM did not take the job array: {last}") from None
     for job, name in zip(jobs, names):
         try:
             done(job.result())
@@ -284,6 +294,9 @@ def run_grid(
     if not isinstance(grid, Grid):
         grid = load_grid(grid, notebooks_dir)
     devices = visible_gpus(gpus) if executor == "gpus" else []
+    slurm = {**SLURM_DEFAULTS, **{k: v for k, v in (slurm or {}).items() if v is not None}}
+    if executor == "slurm" and slurm["cluster"] == "slurm" and not shutil.which("sbatch"):
+        raise ValueError("the slurm executor needs SLURM's sbatch on the PATH, and there is none")
     out = Path(out)
     todo = plan(grid, out, how=how, data_root=data_root)
     from tqdm.auto import tqdm
@@ -302,7 +315,7 @@ def run_grid(
     elif executor == "gpus":
         run_gpus(out, todo, done, devices)
     else:
-        run_slurm(out, todo, done, slurm or {})
+        run_slurm(out, todo, done, slurm)
     bar.close()
     aggregate(out)
     outcomes = []
