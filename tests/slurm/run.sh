@@ -20,10 +20,17 @@ export SLURM_CONF=$DIR/slurm.conf
 started_munge=""
 
 stop() {
+  pids=""
   for pidfile in "$DIR/slurmd.pid" "$DIR/slurmctld.pid"; do
-    [ -f "$pidfile" ] && $SUDO kill "$(cat "$pidfile")" 2>/dev/null || true
+    [ -f "$pidfile" ] && pids="$pids $(cat "$pidfile")"
   done
-  [ -n "$started_munge" ] && $SUDO kill "$started_munge" 2>/dev/null || true
+  [ -n "$started_munge" ] && pids="$pids $started_munge"
+  for pid in $pids; do $SUDO kill "$pid" 2>/dev/null || true; done
+  for _ in $(seq 20); do  # wait until they have gone (at most 10 s)
+    alive=""; for pid in $pids; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ -z "$alive" ] && break; sleep 0.5
+  done
+  echo "cluster stopped; its configuration and logs: $DIR"
 }
 trap stop EXIT
 
