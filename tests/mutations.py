@@ -178,7 +178,7 @@ def run_tests(repo: Path, tests: tuple[str, ...], stop_early: bool) -> tuple[int
     """pytest on ``tests`` in the copy, with the copy first on the path: (exit code, output)."""
     env = dict(os.environ, PYTHONPATH=str(repo), KDLAB_PROFILE="smoke")
     env.pop("KDLAB_DATA", None)
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
+    command = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", *tests]
     if stop_early:
         command.insert(4, "-x")
     done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
