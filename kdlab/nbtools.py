@@ -192,12 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.check and (args.repository or args.ref):
         parser.error("--check compares only; give --repository/--ref without it")
+    root = repository_root()
+    if not (root / "notebooks").is_dir():
+        parser.error(f"no notebooks/ in {root}: run it from a checkout of kdlab")
     if args.repository or args.ref:
         try:
             set_address(args.repository, args.ref)
         except ValueError as error:
             parser.error(str(error))
-    root = repository_root()
     stale = [p.name for p in _notebooks(root) if not stamp(p, check=args.check)]
     if args.check and stale:
         print(
