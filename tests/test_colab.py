@@ -262,3 +262,12 @@ def test_a_branch_or_a_malformed_address_is_refused(checkout_copy, args, capsys)
         nbtools.main(args)
     assert "--" in capsys.readouterr().err.splitlines()[-1]
     assert (checkout_copy / "kdlab" / "nbtools.py").read_text() == before
+
+
+def test_outside_a_checkout_nothing_is_rewritten(checkout_copy, capsys):
+    shutil.rmtree(checkout_copy / "notebooks")  # kdlab installed without its notebooks
+    before = (checkout_copy / "kdlab" / "nbtools.py").read_text()
+    with pytest.raises(SystemExit):
+        nbtools.main(["--repository", "course-org/kdlab-fork", "--ref", "v2.0"])
+    assert "run it from a checkout" in capsys.readouterr().err
+    assert (checkout_copy / "kdlab" / "nbtools.py").read_text() == before
