@@ -90,7 +90,12 @@ class Precision:
     scaler: torch.amp.GradScaler = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.scaled)
+
+    @property
+    def scaled(self) -> bool:
+        """Whether gradients are scaled: fp16 only (bf16 and float32 have float32's range)."""
+        return self.dtype == torch.float16
 
     @classmethod
     def pick(cls, precision: str, device: torch.device) -> Precision:
