@@ -55,20 +55,30 @@ class Profile:
         values.update(overrides)
         return TrainConfig(**values)
 
-    def load_dataset(self, root: str | None = None) -> ImageDataset:
-        """The profile's dataset; where it is absent offline, the fallback (with a note)."""
+    def load(self, root: str | None = None) -> tuple[Profile, ImageDataset]:
+        """The profile that applies and its dataset: ``(self, dataset)``, or, where the dataset
+        is absent offline and the profile has a fallback, a *copy* of the profile with the
+        fallback's set-up (its dataset, sizes and networks; fields set explicitly are kept) and
+        the fallback dataset, with a printed note. The profile itself never changes::
+
+            cfg, data = kdlab.profile().load()
+        """
         try:
-            return load_dataset(self.dataset, root, train_size=self.train_size)
+            return self, load_dataset(self.dataset, root, train_size=self.train_size)
         except DatasetNotFoundError as error:
             if not self.fallback_dataset:
                 raise
             print(f"{error}\n→ the {self.name!r} profile uses {self.fallback_dataset!r} instead.")
-            for key, value in self.fallback.items():
-                if key not in self.overridden:
-                    setattr(self, key, value)
-            self.dataset = self.fallback_dataset
-            self.fallback_dataset = None
-            return load_dataset(self.dataset, root, train_size=self.train_size)
+            kept = {k: v for k, v in self.fallback.items() if k not in self.overridden}
+            chosen = dataclasses.replace(
+                self, **kept, dataset=self.fallback_dataset, fallback_dataset=None
+            )
+            return chosen, load_dataset(chosen.dataset, root, train_size=chosen.train_size)
+
+    def load_dataset(self, root: str | None = None) -> ImageDataset:
+        """The dataset of :meth:`load` (the fallback's where the profile's is absent offline),
+        without changing this profile: use :meth:`load` to get the settings that go with it."""
+        return self.load(root)[1]
 
 
 _DIGITS_LAB = dict(
