@@ -8,6 +8,7 @@ start of the run, every batch and its end — and :func:`kdlab.fit` builds them 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -79,15 +80,29 @@ class RunFolder(LoopCallback):
     def __init__(
         self,
         out: Path,
-        config: dict,
         state: TrainingState,
         dataset: ImageDataset,
+        config: Any,
         archs: dict[str, str],
+        used: dict[str, Any],
     ) -> None:
+        """``config``: the run's :class:`~kdlab.TrainConfig`; ``archs``: the architecture of each
+        network by name; ``used``: the device, precision and layout the loop chose."""
         self.out, self.state, self.dataset, self.archs = out, state, dataset, archs
         self.checkpoint = out / "checkpoint.pt"
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", config)
+        method = state.method
+        write_json(
+            out / "config.json",
+            {
+                "method": method.name,
+                "params": dataclasses.asdict(method.params),
+                "archs": archs,
+                "dataset": dataset.name,
+                "train": dataclasses.asdict(config),
+                **used,
+            },
+        )
 
     def start(self, history: list[dict]) -> None:
         write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))

@@ -158,9 +158,11 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def make_summary(method: Method, history: History, config: TrainConfig, archs: Mapping,
-                 dataset: str | None = None) -> dict:  # fmt: skip
-    """Final and best test accuracy (percent) of every network and of the ensemble."""
+def make_summary(
+    method: Method, history: History, config: TrainConfig, archs: Mapping, dataset: str
+) -> dict:
+    """Final and best test accuracy (percent) of every network and of the ensemble, with the
+    method, its parameters, the dataset's name, the seed and the agreement of the last epoch."""
     networks = {}
     for name in history.networks():
         best, best_epoch = history.best(name)
@@ -252,16 +254,11 @@ def fit(
     channels_last, train_loader, test_loader = _place(method, dataset, config, device)
     optimizers, schedulers = build_optimizers(method, config, device)
     state = TrainingState(method, optimizers, schedulers, precision.scaler, train_loader, device)
+    last_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
     hooks: list[LoopCallback] = []
     if out is not None:
-        settings = {
-            "device": str(device),
-            "precision": precision.name,
-            "channels_last": channels_last,
-        }
-        hooks.append(RunFolder(out, _config_json(method, archs, dataset, config, settings),
-                               state, dataset, archs))  # fmt: skip
-    last_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
+        used = {"device": str(device), "precision": precision.name, "channels_last": channels_last}
+        hooks.append(RunFolder(out, state, dataset, config, archs, used))
     if progress:
         hooks.append(ProgressBar(method.name, last_epoch, len(train_loader)))
     history = History(state.load(resume_from) if resume_from else [])
@@ -311,19 +308,6 @@ def _epoch(method, state, update, precision, test_loader, epoch, hooks, out) -> 
     record["seconds"] = time.perf_counter() - started
     record.update(evaluate(method.evaluated(), test_loader, method.ensemble_members()))
     return record
-
-
-def _config_json(method, archs, dataset, config, settings) -> dict:
-    """What ``config.json`` records: the method and its parameters, the networks'
-    architectures, the dataset, the recipe, and the device, precision and layout used."""
-    return {
-        "method": method.name,
-        "params": dataclasses.asdict(method.params),
-        "archs": archs,
-        "dataset": dataset.name,
-        "train": dataclasses.asdict(config),
-        **settings,
-    }
 
 
 def _role_names(method_cls: type[Method], count: int) -> list[str]:

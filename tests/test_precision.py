@@ -103,8 +103,12 @@ def test_fp16_autocast_with_the_gradient_scaler_trains_like_fp32(digits, tmp_pat
 
 
 def test_fused_sgd_with_the_scaler_is_the_t4_path(digits, tmp_path, start):
-    plain, _, _ = _train(digits, tmp_path, "plain", precision="fp16")
-    fused, state, _ = _train(digits, tmp_path, "fused", precision="fp16", fused=True)
+    # As on CUDA: fp16 autocast, the scaler, fused SGD, channels_last.
+    plain, _, _ = _train(digits, tmp_path, "plain", precision="fp16", channels_last=True)
+    fused, state, config = _train(
+        digits, tmp_path, "fused", precision="fp16", fused=True, channels_last=True
+    )
+    assert config["channels_last"] is True and config["train"]["fused"] is True
     assert state["scaler"]["_growth_tracker"] == len(digits.train_labels) // 50
     moved = _norm(_weights(plain) - start)
     assert _norm(_weights(fused) - _weights(plain)) < 1e-4 * moved
