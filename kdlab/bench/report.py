@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..io import write_json
 from .reference import EPOCH_IMAGES, ROWS
 from .timing import Result, _cpus, run_benchmark
 
@@ -153,6 +152,6 @@ def main(args: argparse.Namespace) -> int:
     print(format_table(results, env, shown))
     if args.json:
         data = {"environment": env, "settings": shown, "rows": [r.to_dict() for r in results]}
-        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+        write_json(args.json, data)
         print(f"wrote {args.json}")
     return 0

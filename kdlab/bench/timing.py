@@ -216,6 +216,16 @@ def _alternate(ref, ours, name, steps, warmup, rounds, kdlab_threads, log):
     return ref_seconds, kdlab_seconds, warm_seconds
 
 
+def _check(rows: Sequence[str], batch_size: int, steps: int, warmup: int, rounds: int) -> None:
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise ValueError(f"unknown benchmark row {unknown[0]!r}; known: {', '.join(ROWS)}")
+    if steps < 1 or warmup < 1 or rounds < 1:
+        raise ValueError("steps, warmup and rounds must be ≥ 1")
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be ≥ 2, got {batch_size}")
+
+
 def run_benchmark(
     rows: Sequence[str] = ("independent", "kd", "dml", "tadml"),
     models: Sequence[str] = ("resnet32",),
@@ -245,13 +255,7 @@ def run_benchmark(
     from ..methods import METHODS
     from ..train import pick_device
 
-    unknown = [r for r in rows if r not in ROWS]
-    if unknown:
-        raise ValueError(f"unknown benchmark row {unknown[0]!r}; known: {', '.join(ROWS)}")
-    if steps < 1 or warmup < 1 or rounds < 1:
-        raise ValueError("steps, warmup and rounds must be ≥ 1")
-    if batch_size < 2:
-        raise ValueError(f"batch_size must be ≥ 2, got {batch_size}")
+    _check(rows, batch_size, steps, warmup, rounds)
     if train_images < batch_size * max(steps, warmup):
         train_images = batch_size * max(steps, warmup)
     log = log or (lambda message: None)
