@@ -57,7 +57,9 @@ def test_reference_losses_equal_the_kits():
     g = torch.Generator().manual_seed(0)
     z, z_peer = torch.randn(40, 100, generator=g), torch.randn(40, 100, generator=g)
     assert torch.allclose(reference._kl(z, z_peer), losses.mutual_kl(z, z_peer), atol=1e-6)
-    assert torch.allclose(16 * reference._kl(z, z_peer, 4.0), losses.kd_loss(z, z_peer, 4.0), atol=1e-6)
+    assert torch.allclose(
+        16 * reference._kl(z, z_peer, 4.0), losses.kd_loss(z, z_peer, 4.0), atol=1e-6
+    )
     assert torch.allclose(reference._js(z, z_peer), losses.js_divergence(z, z_peer), atol=1e-6)
     h, h_peer = torch.randn(40, 64, generator=g), torch.randn(40, 64, generator=g)
     assert torch.allclose(

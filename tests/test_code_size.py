@@ -59,6 +59,8 @@ def test_kdlab_has_modules():
 def test_module_and_function_sizes(path):
     source = path.read_text()
     lines = len(source.splitlines())
-    assert lines <= MAX_MODULE_LINES, f"{_name(path)} has {lines} lines (at most {MAX_MODULE_LINES})"
+    assert lines <= MAX_MODULE_LINES, (
+        f"{_name(path)} has {lines} lines (at most {MAX_MODULE_LINES})"
+    )
     too_long = long_functions(source)
     assert not too_long, f"{_name(path)}: functions over {MAX_FUNCTION_LINES} lines: {too_long}"
