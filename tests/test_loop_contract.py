@@ -140,7 +140,11 @@ def offline_cifar(monkeypatch):
     monkeypatch.setattr(profiles, "load_dataset", load_dataset)
 
 
-def test_a_fallback_returns_a_new_profile_and_leaves_the_given_one(offline_cifar, capsys):
+@pytest.mark.parametrize("device, reason", [("cuda", "could not be downloaded"), ("cpu", "no GPU")])
+def test_a_fallback_returns_a_new_profile_and_leaves_the_given_one(
+    offline_cifar, monkeypatch, capsys, device, reason
+):
+    monkeypatch.setattr(profiles, "pick_device", lambda device_="auto": torch.device(device))
     lab = kdlab.profile("lab", epochs=3)
     before = dataclasses.asdict(lab)
     chosen, data = lab.load()
@@ -149,7 +153,8 @@ def test_a_fallback_returns_a_new_profile_and_leaves_the_given_one(offline_cifar
     assert (chosen.dataset, chosen.teacher, chosen.student) == ("digits", "resnet20", "cnn_tiny")
     assert chosen.epochs == 3  # set explicitly: the fallback leaves it
     assert chosen.fallback_dataset is None
-    assert "uses 'digits' instead" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert reason in printed and "uses 'digits' instead" in printed
     assert lab.load_dataset().name == "digits" and dataclasses.asdict(lab) == before
     assert kdlab.PROFILES["lab"].dataset == "cifar10"
 
