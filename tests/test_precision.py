@@ -146,3 +146,44 @@ def test_metrics_do_not_depend_on_the_training_precision(digits, tmp_path):
         x, _ = next(iter(test))
         z = networks["net1"](x)
     assert not torch.equal(z.float(), networks["net1"](x).detach())
+
+
+# --------------------------------------------------------------------------- CUDA's bookkeeping
+
+
+def test_cuda_rng_state_and_synchronisation_with_torch_cuda_faked(digits, tmp_path, monkeypatch):
+    """The loop's CUDA-only bookkeeping, run with torch.cuda's calls replaced: the epoch waits
+    for the device before it stops the clock, and the checkpoint saves and restores the CUDA
+    generator's state."""
+    from kdlab.checkpoint import TrainingState
+    from kdlab.epoch import Updater
+    from kdlab.train import _epoch
+
+    calls = []
+    marker = torch.arange(8, dtype=torch.uint8)
+    monkeypatch.setattr(
+        torch.cuda, "synchronize", lambda device=None: calls.append(("sync", device))
+    )
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": marker.clone())
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda state, device="cuda": calls.append(("rng", state))
+    )
+    load = torch.load  # the checkpoint maps to the CUDA device; here it stays on the CPU
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: load(*a, **{**kw, "map_location": "cpu"}))
+
+    kdlab.seed_everything(0)
+    method = kdlab.get_method("independent")({"net1": kdlab.build_model("cnn_tiny", 10, 1)})
+    cpu, config = torch.device("cpu"), _config()
+    optimizers, schedulers = build_optimizers(method, config, cpu)
+    precision = Precision.pick("fp32", cpu)
+    train = DeviceLoader.train(digits, 50, cpu, seed=0)
+    test = DeviceLoader.test(digits, 1024, cpu)
+    state = TrainingState(method, optimizers, schedulers, precision.scaler, train, CUDA)
+    record = _epoch(
+        method, state, Updater(optimizers, precision.scaler), precision, test, 1, [], None
+    )
+    assert calls == [("sync", CUDA)] and record["acc/net1"] > 0
+    state.save(tmp_path / "checkpoint.pt", [record])
+    assert torch.equal(load(tmp_path / "checkpoint.pt", weights_only=True)["rng_cuda"], marker)
+    assert state.load(tmp_path / "checkpoint.pt") == [record]
+    assert calls[1][0] == "rng" and torch.equal(calls[1][1], marker)
