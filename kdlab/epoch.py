@@ -53,7 +53,8 @@ class Updater:
     def __call__(
         self, terms: Mapping[str, Mapping[str, torch.Tensor]], *, also_step: Sequence[str] = ()
     ) -> None:
-        stepped = [self._optimizer(name) for name in [*terms, *also_step]]
+        names = dict.fromkeys([*terms, *also_step])  # each module once, in order
+        stepped = [self._optimizer(name) for name in names]
         for optimizer in stepped:
             optimizer.zero_grad(set_to_none=True)
         total = 0.0

@@ -45,6 +45,13 @@ def test_update_steps_a_module_without_terms_only_when_told():
         assert not torch.equal(a.weight, before_a)
         assert (not torch.equal(b.weight, before_b)) == b_moves
     assert set(update.sums) == {"loss/a/loss"}  # only terms are logged
+    # A module named twice is stepped once.
+    a, b, update = _two_modules()
+    before = a.weight.detach().clone()
+    update({"a": {"loss": a(x).sum()}}, also_step=("a",))
+    single, _, once = _two_modules()
+    once({"a": {"loss": single(x).sum()}})
+    assert torch.equal(a.weight, single.weight) and not torch.equal(a.weight, before)
 
 
 def test_update_naming_a_module_without_optimizer_is_a_clear_error():
