@@ -37,7 +37,7 @@ from .methods import Method, get_method
 from .metrics import evaluate
 from .models import build_model
 from .optim import build_optimizers
-from .precision import Precision, cpu_has_amx, pick_precision, precision_name
+from .precision import PRECISIONS, Precision, cpu_has_amx, pick_precision, precision_name
 
 __all__ = [
     "TrainConfig",
@@ -89,8 +89,10 @@ class TrainConfig:
             raise ValueError("weight_decay and momentum must be ≥ 0")
         if self.schedule not in ("step", "cosine", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}; choose step, cosine or constant")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"unknown precision {self.precision!r}; choose auto, fp32, bf16, fp16")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}"
+            )
         if self.fused not in ("auto", True, False):
             raise ValueError(f"fused must be 'auto', True or False, got {self.fused!r}")
         self.milestones = tuple(int(m) for m in self.milestones)
