@@ -58,29 +58,40 @@ class Profile:
         values.update(overrides)
         return TrainConfig(**values)
 
-    def load_dataset(self, root: str | None = None) -> ImageDataset:
-        """The profile's dataset; the fallback (with a note) where it is absent offline, or where
-        the profile is sized for a GPU (``needs_gpu``) and there is none."""
+    def load(self, root: str | None = None) -> tuple[Profile, ImageDataset]:
+        """The profile that applies and its dataset, without changing this profile::
+
+            cfg, data = kdlab.profile().load()
+
+        ``(self, dataset)`` normally. Where the profile has a fallback and its dataset is absent
+        offline, or the profile is sized for a GPU (``needs_gpu``) and there is none: a *copy*
+        of the profile with the fallback's set-up (its dataset, sizes and networks; the fields
+        set explicitly are kept) and the fallback dataset, with a printed note.
+        """
         if self.needs_gpu and self.fallback_dataset and pick_device().type == "cpu":
-            return self._fall_back(
-                f"no GPU here: {self.dataset} for {self.epochs} epochs would take hours on the CPU",
-                root,
+            reason = (
+                f"no GPU here: {self.dataset} for {self.epochs} epochs would take hours on the CPU"
             )
+            return self._fall_back(reason, root)
         try:
-            return load_dataset(self.dataset, root, train_size=self.train_size)
+            return self, load_dataset(self.dataset, root, train_size=self.train_size)
         except DatasetNotFoundError as error:
             if not self.fallback_dataset:
                 raise
             return self._fall_back(str(error), root)
 
-    def _fall_back(self, reason: str, root: str | None) -> ImageDataset:
+    def _fall_back(self, reason: str, root: str | None) -> tuple[Profile, ImageDataset]:
         print(f"{reason}\n→ the {self.name!r} profile uses {self.fallback_dataset!r} instead.")
-        for key, value in self.fallback.items():
-            if key not in self.overridden:
-                setattr(self, key, value)
-        self.dataset = self.fallback_dataset
-        self.fallback_dataset = None
-        return load_dataset(self.dataset, root, train_size=self.train_size)
+        kept = {k: v for k, v in self.fallback.items() if k not in self.overridden}
+        chosen = dataclasses.replace(
+            self, **kept, dataset=self.fallback_dataset, fallback_dataset=None
+        )
+        return chosen, load_dataset(chosen.dataset, root, train_size=chosen.train_size)
+
+    def load_dataset(self, root: str | None = None) -> ImageDataset:
+        """The dataset of :meth:`load` (the fallback's, where it applies), without changing this
+        profile: :meth:`load` also returns the settings that go with a fallback."""
+        return self.load(root)[1]
 
 
 _DIGITS_LAB = dict(

@@ -202,7 +202,7 @@ def _device(monkeypatch, kind: str):
 def test_lab_profile_without_a_gpu_takes_its_cpu_set_up(cifar_root, monkeypatch, capsys):
     _device(monkeypatch, "cpu")
     cfg = kdlab.profile("lab")
-    data = cfg.load_dataset(cifar_root)  # CIFAR-10 is there, but there is no GPU to train it on
+    cfg, data = cfg.load(cifar_root)  # CIFAR-10 is there, but there is no GPU to train it on
     assert data.name == "digits" and cfg.dataset == "digits"
     assert (cfg.epochs, cfg.teacher, cfg.student, cfg.train_size) == (
         30,
@@ -216,14 +216,15 @@ def test_lab_profile_without_a_gpu_takes_its_cpu_set_up(cifar_root, monkeypatch,
 def test_lab_profile_with_a_gpu_trains_on_cifar(cifar_root, monkeypatch):
     _device(monkeypatch, "cuda")
     cfg = kdlab.profile("lab")
-    data = cfg.load_dataset(cifar_root)
+    cfg, data = cfg.load(cifar_root)
     assert data.name == "cifar10" and (cfg.epochs, cfg.teacher) == (15, "resnet56")
 
 
 def test_an_explicit_dataset_is_kept_without_a_gpu(cifar_root, monkeypatch):
     _device(monkeypatch, "cpu")
     cfg = kdlab.profile("lab", dataset="cifar10")
-    assert cfg.load_dataset(cifar_root).name == "cifar10" and cfg.epochs == 15
+    cfg, data = cfg.load(cifar_root)
+    assert data.name == "cifar10" and cfg.epochs == 15
 
 
 # --------------------------------------------------------------------------- the address
