@@ -44,6 +44,11 @@ test-browser: $(STAMP)
 test-slurm: $(STAMP)
 	tests/slurm/run.sh $(PY)
 
+# Plant each named bug of tests/mutations.py in a throwaway copy of kdlab: every one must be caught.
+.PHONY: mutate
+mutate: $(STAMP)
+	$(PY) tests/mutations.py
+
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT)
 

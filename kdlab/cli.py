@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(
             f"method {args.method!r} needs --teacher ARCH or --teacher-checkpoint PATH"
         )
-    dataset = prof.load_dataset(args.data_root)
+    prof, dataset = prof.load(args.data_root)
     config = prof.train_config(seed=args.seed, device=args.device, precision=args.precision)
     out = Path(args.out)
     result = train_one(

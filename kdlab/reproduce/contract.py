@@ -178,7 +178,7 @@ def notebook_run(
     models = list(models) if models else [prof.student] * max(1, method_cls.min_networks)
     if method_cls.teacher_mode is not None and teacher is None:
         teacher = prof.teacher
-    data = prof.load_dataset(data_root)
+    prof, data = prof.load(data_root)  # the profile that applies (a fallback's, maybe)
     runs = {}
     for seed in list(seeds) if seeds is not None else list(prof.seeds):
         folder = run_folder(out_dir, seed, run_name or method) if out_dir else None
