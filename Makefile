@@ -40,7 +40,8 @@ test-browser: $(STAMP)
 	KDLAB_PROFILE=smoke KDLAB_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -m browser -p no:cacheprovider -v -s tests/test_browser.py
 
 # A single-node SLURM cluster (Debian's slurmctld, slurmd, munge) runs the smoke grid through
-# `reproduce --executor slurm` to its results.md (about 2 min here; kept out of `make test`).
+# `reproduce --executor slurm` to its results.md, and a requeued task resumes from its checkpoint
+# (about 3 min here; needs root, kept out of `make test`).
 test-slurm: $(STAMP)
 	tests/slurm/run.sh $(PY)
 
