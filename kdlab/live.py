@@ -132,7 +132,7 @@ class LivePlot:
         panels = [
             m
             for m in self.metrics
-            if any(k.startswith(f"{m}/") for rows in self.runs.values() for k in rows[-1:][0])
+            if any(k.startswith(f"{m}/") for rows in self.runs.values() if rows for k in rows[-1])
         ] or ["acc"]
         fig = Figure(figsize=(4.2 * len(panels), 3.2), layout="constrained")
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
