@@ -89,7 +89,8 @@ class LivePlot:
     ``track(label)`` returns the callback for :func:`kdlab.fit`; curves are named
     ``label/network``. With ``output`` (an ``ipywidgets.Output``) it draws there, otherwise
     into the notebook cell's output, replacing the previous drawing in place. ``metrics``
-    chooses the panels: any of ``"acc"``, ``"agree"``, ``"js"``.
+    chooses the panels: any of ``"acc"``, ``"agree"``, ``"js"``; ``networks`` (e.g.
+    ``("student",)``) limits the accuracy curves to those networks (default: every one).
 
     Rendering a figure costs about half a second on a laptop CPU, more than a small network's
     epoch on digits, so a tracked run skips redraws to keep drawing under ``max_share`` of the
@@ -104,6 +105,7 @@ class LivePlot:
         metrics: tuple[str, ...] = ("acc", "agree", "js"),
         title="",
         max_share: float = 0.2,
+        networks: tuple[str, ...] | None = None,
     ):
         if not 0 < max_share <= 1:
             raise ValueError(f"max_share must be in (0, 1], got {max_share}")
@@ -111,6 +113,7 @@ class LivePlot:
         self.metrics = metrics
         self.title = title
         self.max_share = max_share
+        self.networks = networks
         self.runs: dict[str, list[dict]] = {}
         self.draws = 0  # how many times the plot was drawn
         self._handle = None
@@ -149,7 +152,7 @@ class LivePlot:
             epochs = [r["epoch"] for r in rows]
             for key in rows[-1]:
                 kind, _, name = key.partition("/")
-                if kind not in panels:
+                if kind not in panels or (kind == "acc" and not self._shown(name)):
                     continue
                 ax = axes[panels.index(kind)]
                 style = "--" if name == "ensemble" else "-"
@@ -172,6 +175,9 @@ class LivePlot:
         if self.title:
             fig.suptitle(self.title, fontsize=11)
         return fig
+
+    def _shown(self, network: str) -> bool:
+        return self.networks is None or network in self.networks
 
     def update(self) -> None:
         """Draw the current plot now."""

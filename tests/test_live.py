@@ -101,3 +101,12 @@ def test_a_tracked_run_that_never_reported_does_not_break_the_figure():
     )
     fig = plot.figure()
     assert len(fig.axes) == 1 and len(fig.axes[0].lines) == 1
+
+
+def test_networks_limits_the_accuracy_curves():
+    record = {"epoch": 1, "acc/teacher": 90.0, "acc/student": 50.0}
+    for networks, drawn in ((None, 2), (("student",), 1)):
+        plot = live.LivePlot(metrics=("acc",), networks=networks)
+        plot.track("kd")(record, History([record]))
+        lines = plot.figure().axes[0].lines
+        assert len(lines) == drawn and lines[-1].get_label() == "kd/student"
