@@ -33,7 +33,7 @@ __all__ = [
     "slider",
     "dropdown",
     "table",
-    "logit_losses_panel",
+    "logit_losses_controls",
 ]
 
 
@@ -235,8 +235,8 @@ def panel(draw: Callable[..., Figure], **controls):
     """A widget panel: every control drives ``draw(**values)``, whose Figure is redrawn.
 
     ``controls`` maps ``draw``'s keyword names to widgets (see :func:`slider`,
-    :func:`dropdown`). The notebook calls ``draw`` directly with the same names for the
-    headless path.
+    :func:`dropdown`), laid out four to a row. The notebook calls ``draw`` directly with the
+    same names for the headless path.
     """
     import ipywidgets as widgets
 
@@ -248,7 +248,9 @@ def panel(draw: Callable[..., Figure], **controls):
     for control in controls.values():
         control.observe(redraw, names="value")
     redraw()
-    box = widgets.VBox([widgets.HBox(list(controls.values())), figure])
+    items = list(controls.values())
+    rows = [widgets.HBox(items[i : i + 4]) for i in range(0, len(items), 4)]
+    box = widgets.VBox([*rows, figure])
     box.layout.flex_flow = "column"
     return box.add_class("kdlab-panel")
 
@@ -348,17 +350,14 @@ def table(rows: list[Mapping[str, Any]], floatfmt: str = ".2f") -> str:
 # --------------------------------------------------------------------------- beyond Hinton
 
 
-def logit_losses_panel(draw: Callable[..., Figure], samples: int, **values):
-    """The beyond-Hinton panel (notebook 07): a slider for every weight and temperature of KD,
-    DKD, DIST and KD with logit standardisation, and one for the test sample, four to a row.
+def logit_losses_controls(samples: int, **values) -> dict:
+    """The sliders of notebook 07's panel, by the keyword names of its plain function: every
+    weight and temperature of KD, DKD, DIST and KD with logit standardisation, and the test
+    sample (``samples`` to choose from). ``values`` are the starting values (the notebook's
+    parameters); the rest start at the methods' defaults. Hand them to :func:`panel`::
 
-    Every control redraws ``draw(**values)`` — the notebook's plain function over
-    :func:`kdlab.plots.logit_losses`, which the notebook also calls directly. ``values`` are the
-    starting values (the notebook's parameters) under ``draw``'s keyword names; ``samples`` is
-    the number of test samples ``index`` can choose from.
+        live.panel(draw_logit_losses, **live.logit_losses_controls(len(labels), dkd_beta=2.0))
     """
-    import ipywidgets as widgets
-
     start = {
         "kd_alpha": 0.9, "kd_temperature": 4.0,
         "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_temperature": 4.0,
@@ -386,14 +385,4 @@ def logit_losses_panel(draw: Callable[..., Figure], samples: int, **values):
         for name, (low, high, step, label) in ranges.items()
     }
     controls["index"] = slider(int(start["index"]), 0, samples - 1, 1, "test sample")
-    figure = widgets.Output().add_class("kdlab-figure")
-
-    def redraw(_change=None) -> None:
-        _draw_into(figure, draw(**{name: w.value for name, w in controls.items()}))
-
-    for control in controls.values():
-        control.observe(redraw, names="value")
-    redraw()
-    items = list(controls.values())
-    rows = [widgets.HBox(items[i : i + 4]) for i in range(0, len(items), 4)]
-    return widgets.VBox([*rows, figure]).add_class("kdlab-panel")
+    return controls
