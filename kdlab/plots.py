@@ -70,7 +70,7 @@ def soft_targets(
     ax_mix.set_ylim(0, 1.05)
     ax_mix.set_title(
         f"(1 − α)·label + α·$p_t^T$, α = {alpha:g}\n"
-        "a picture, not the loss: CE acts at T = 1, the teacher's term at T with T²",
+        "a picture, not the loss: CE at T = 1, KL at T (× T²)",
         fontsize=9,
     )
     for ax in (ax_soft, ax_mix):
