@@ -47,9 +47,10 @@ def soft_targets(
 ) -> Figure:
     """One test image, its hard label, and the teacher's softened distribution ``p_t^T``.
 
-    The right panel shows what the student is trained towards with weight α on the soft term:
-    ``(1 − α)·onehot(y) + α·p_t^T`` (the mix of the two targets, as a picture of the loss's pull;
-    the loss itself adds the two terms, see :func:`kdlab.losses.kd_loss`).
+    The right panel mixes the two targets with weight α on the soft one:
+    ``(1 − α)·onehot(y) + α·p_t^T``. It is a picture of the two pulls, not the loss: the loss adds
+    ``(1 − α)·CE`` on the student's ``p_s`` at T = 1 and ``α·T²·KL(sg p_t^T ‖ p_s^T)`` at
+    temperature T (see :func:`kdlab.losses.kd_loss`), and its title says so.
     """
     p_t = F.softmax(teacher_logits.float() / temperature, dim=0).numpy()
     onehot = F.one_hot(torch.tensor(label), len(classes)).float().numpy()
@@ -67,7 +68,11 @@ def soft_targets(
     mix = (1 - alpha) * onehot + alpha * p_t
     ax_mix.bar(x, mix, color="C1")
     ax_mix.set_ylim(0, 1.05)
-    ax_mix.set_title(f"(1 − α)·label + α·$p_t^T$, α = {alpha:g}", fontsize=10)
+    ax_mix.set_title(
+        f"(1 − α)·label + α·$p_t^T$, α = {alpha:g}\n"
+        "a picture, not the loss: CE at T = 1, KL at T (× T²)",
+        fontsize=9,
+    )
     for ax in (ax_soft, ax_mix):
         ax.set_xticks(list(x), [c[:6] for c in classes], fontsize=7)
     return fig
