@@ -33,6 +33,7 @@ __all__ = [
     "slider",
     "dropdown",
     "table",
+    "logit_losses_panel",
 ]
 
 
@@ -336,3 +337,57 @@ def table(rows: list[Mapping[str, Any]], floatfmt: str = ".2f") -> str:
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(cell(r.get(k, "")) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- beyond Hinton
+
+
+def logit_losses_panel(draw: Callable[..., Figure], samples: int, **values):
+    """The beyond-Hinton panel (notebook 07): a slider for every weight and temperature of KD,
+    DKD, DIST and KD with logit standardisation, and one for the test sample, four to a row.
+
+    Every control redraws ``draw(**values)`` — the notebook's plain function over
+    :func:`kdlab.plots.logit_losses`, which the notebook also calls directly. ``values`` are the
+    starting values (the notebook's parameters) under ``draw``'s keyword names; ``samples`` is
+    the number of test samples ``index`` can choose from.
+    """
+    import ipywidgets as widgets
+
+    start = {
+        "kd_alpha": 0.9, "kd_temperature": 4.0,
+        "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_temperature": 4.0,
+        "dist_beta": 2.0, "dist_gamma": 2.0, "dist_temperature": 4.0,
+        "ls_weight": 9.0, "ls_temperature": 2.0, "index": 0,
+    }  # fmt: skip
+    unknown = sorted(set(values) - set(start))
+    if unknown:
+        raise ValueError(f"unknown setting {unknown[0]!r}; known: {', '.join(start)}")
+    start.update(values)
+    ranges = {  # (low, high, step, label)
+        "kd_alpha": (0.0, 1.0, 0.05, "KD α"),
+        "kd_temperature": (0.5, 10.0, 0.5, "KD T"),
+        "dkd_alpha": (0.0, 4.0, 0.25, "DKD α"),
+        "dkd_beta": (0.0, 16.0, 0.5, "DKD β"),
+        "dkd_temperature": (0.5, 10.0, 0.5, "DKD T"),
+        "dist_beta": (0.0, 8.0, 0.25, "DIST β"),
+        "dist_gamma": (0.0, 8.0, 0.25, "DIST γ"),
+        "dist_temperature": (0.5, 10.0, 0.5, "DIST T"),
+        "ls_weight": (0.0, 20.0, 0.5, "LS weight"),
+        "ls_temperature": (0.5, 10.0, 0.5, "LS T"),
+    }
+    controls = {
+        name: slider(float(start[name]), low, max(high, float(start[name])), step, label)
+        for name, (low, high, step, label) in ranges.items()
+    }
+    controls["index"] = slider(int(start["index"]), 0, samples - 1, 1, "test sample")
+    figure = widgets.Output().add_class("kdlab-figure")
+
+    def redraw(_change=None) -> None:
+        _draw_into(figure, draw(**{name: w.value for name, w in controls.items()}))
+
+    for control in controls.values():
+        control.observe(redraw, names="value")
+    redraw()
+    items = list(controls.values())
+    rows = [widgets.HBox(items[i : i + 4]) for i in range(0, len(items), 4)]
+    return widgets.VBox([*rows, figure]).add_class("kdlab-panel")
