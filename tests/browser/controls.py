@@ -4,10 +4,11 @@ Controls are discovered on the page, not listed by hand (``kdlabProbe.tagControl
 slider, dropdown, checkbox and button in the notebook's widget outputs. Each must sit in a
 ``.kdlab-panel`` (otherwise the test cannot tell what it drives), and then
 
-* a slider, dropdown or checkbox changes by one step (one arrow key, the next option, a click):
-  the panel's ``.kdlab-figure`` must show something else once the kernel has finished every
-  request the change started; the control is then put back and the figure redrawn again, so
-  the next control, and the train button, see the notebook's own settings;
+* a slider goes to its far end (End, or Home from the top), a dropdown to its next option, a
+  checkbox flips: the panel's ``.kdlab-figure`` must show something else once the kernel has
+  finished every request the change started; the control is then put back (a slider's
+  starting value typed into its readout) and the figure must redraw again, so the next
+  control, and the train button, see the notebook's own settings;
 * a ``.kdlab-train`` button is clicked: the panel's ``.kdlab-live`` plot must draw at least one
   new frame, replace its drawing in place (no growing list of images), and the kernel must
   finish the click within ``TRAIN_TIMEOUT``;
@@ -127,8 +128,8 @@ class Controls:
 
     # -- sliders, dropdowns, checkboxes -----------------------------------
     def _change(self, ctrl: dict, back: bool = False) -> str | None:
-        """Change the control by one step (``back``: undo that step); return the value it
-        shows then, or None if it did not move."""
+        """Change the control (``back``: put it back); return the value it shows then, or
+        None if it did not move."""
         el = self._locator(ctrl["id"])
         if ctrl["kind"] == "dropdown":
             index = ctrl["index"] if back else (ctrl["index"] + 1) % len(ctrl["options"])
@@ -137,10 +138,21 @@ class Controls:
         if ctrl["kind"] == "checkbox":
             el.locator("input").click()
             return ctrl["value"] if back else str(ctrl["value"] != "true").lower()
-        handle = el.locator(".noUi-handle").first
-        up, down = ("ArrowLeft", "ArrowRight") if ctrl["atMax"] else ("ArrowRight", "ArrowLeft")
-        for key in (down,) if back else (up, down):
-            handle.press(key)
+        return self._move_slider(el, ctrl, back)
+
+    def _move_slider(self, el, ctrl: dict, back: bool) -> str | None:
+        """Forward: to the far end (End, or Home from the top), so the figure changes as much
+        as the slider allows. Back: the starting value typed into the readout and Enter."""
+        readout = el.locator(".widget-readout")
+        if back:
+            readout.first.fill(ctrl["value"])
+            readout.first.press("Enter")
+            keys = [None]
+        else:
+            keys = ["Home", "End"] if ctrl["atMax"] else ["End", "Home"]
+        for key in keys:
+            if key:
+                el.locator(".noUi-handle").first.press(key)
             try:
                 self._expect_slider(el, ctrl["value"], same=back)
             except AssertionError:
@@ -204,7 +216,10 @@ class Controls:
             self._put_back(pid, ctrl, fp["key"], result)
 
     def _put_back(self, pid: str, ctrl: dict, shown: str, result: Interaction) -> None:
-        """Undo the change; the figure must redraw (away from ``shown``) without errors."""
+        """Undo the change; the figure must redraw (away from ``shown``) without errors.
+        A slider without a readout (nowhere to type its value) stays at its far end."""
+        if ctrl["kind"] == "slider" and not ctrl["readout"]:
+            return
         back: list[str | None] = []
         fp, errors = self._redraw(pid, FIGURE, shown, lambda: back.append(self._change(ctrl, True)))
         if back[0] is None or fp is None or errors:

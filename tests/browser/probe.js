@@ -79,6 +79,7 @@
       const handle = el.querySelector('.noUi-handle');
       const attr = (a) => (handle ? handle.getAttribute(a) || '' : '');
       c.value = (ro ? (ro.textContent || '').trim() : '') || attr('aria-valuetext');
+      c.readout = !!ro;
       c.atMax = parseFloat(attr('aria-valuenow')) >= parseFloat(attr('aria-valuemax'));
     } else if (kind === 'dropdown') {
       c.value = input ? input.value : '';
