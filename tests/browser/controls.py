@@ -115,13 +115,12 @@ class Controls:
     def _new_errors(self, n_errors: int, fp: dict | None) -> list[str]:
         return list((fp or {}).get("errors") or []) + self.s.kernel()["errors"][n_errors:]
 
-    def _redraw(self, pid: str, cls: str, before: str, action) -> tuple[dict | None, list[str]]:
-        """Run ``action()``, then wait until the kernel has finished what it started and the
-        panel's ``cls`` output shows something other than ``before``.
+    def _redrawn(self, pid: str, cls: str, before: str, mark) -> tuple[dict | None, list[str]]:
+        """Wait until the kernel has finished what it started since ``mark`` (from
+        :meth:`_mark`) and the panel's ``cls`` output shows something other than ``before``.
 
         Returns (what it shows then, or None on timeout; errors that turned up)."""
-        since, n_errors = self._mark()
-        action()
+        since, n_errors = mark
         got = self.s.wait_for("redrawn", pid, cls, before, since, n_errors, timeout=REDRAW_TIMEOUT)
         fp = got["fp"] if got else None
         return fp, self._new_errors(n_errors, fp)
@@ -196,13 +195,12 @@ class Controls:
         self._locator(pid).scroll_into_view_if_needed()
         before = self.s.probe("fingerprint", pid, FIGURE)
         result.shots.append(self._shoot(pid, name, "before"))
-        moved: list[str | None] = []
-        fp, errors = self._redraw(
-            pid, FIGURE, before["key"], lambda: moved.append(self._change(ctrl))
-        )
+        mark = self._mark()
+        moved = self._change(ctrl)
+        fp, errors = self._redrawn(pid, FIGURE, before["key"], mark)
         result.shots.append(self._shoot(pid, name, "after"))
-        action = f"changing it from {ctrl['value']!r} to {moved[0]!r}"
-        if moved[0] is None:
+        action = f"changing it from {ctrl['value']!r} to {moved!r}"
+        if moved is None:
             result.detail = f"{label}: could not change it (it stays {ctrl['value']!r})"
         elif errors:
             result.detail = f"{label}: {action} raised an error:\n" + "\n".join(errors)
@@ -220,13 +218,14 @@ class Controls:
         A slider without a readout (nowhere to type its value) stays at its far end."""
         if ctrl["kind"] == "slider" and not ctrl["readout"]:
             return
-        back: list[str | None] = []
-        fp, errors = self._redraw(pid, FIGURE, shown, lambda: back.append(self._change(ctrl, True)))
-        if back[0] is None or fp is None or errors:
+        mark = self._mark()
+        back = self._change(ctrl, back=True)
+        fp, errors = self._redrawn(pid, FIGURE, shown, mark)
+        if back is None or fp is None or errors:
             result.ok = False
             result.detail += (
                 f"; but putting it back to {ctrl['value']!r} "
-                + ("failed" if back[0] is None else "did not redraw the figure")
+                + ("failed" if back is None else "did not redraw the figure")
                 + (":\n" + "\n".join(errors) if errors else f" within {REDRAW_TIMEOUT:.0f}s")
             )
 
@@ -239,16 +238,18 @@ class Controls:
         result.shots.append(self._shoot(pid, name, "before"))
         if not ctrl["train"]:
             before = self.s.probe("fingerprint", pid, f"{FIGURE}, {LIVE}")
-            fp, errors = self._redraw(pid, f"{FIGURE}, {LIVE}", before["key"], button.click)
+            mark = self._mark()
+            button.click()
+            fp, errors = self._redrawn(pid, f"{FIGURE}, {LIVE}", before["key"], mark)
             result.shots.append(self._shoot(pid, name, "after"))
-            result.ok = fp is not None and not errors
-            result.detail = f"{label}: clicking it " + (
-                "changed the panel"
-                if result.ok
-                else "raised an error:\n" + "\n".join(errors)
-                if errors
-                else f"did not change the panel within {REDRAW_TIMEOUT:.0f}s"
-            )
+            if errors:
+                result.detail = f"{label}: clicking it raised an error:\n" + "\n".join(errors)
+            elif fp is None:
+                result.detail = (
+                    f"{label}: clicking it did not change the panel within {REDRAW_TIMEOUT:.0f}s"
+                )
+            else:
+                result.ok, result.detail = True, f"{label}: clicking it changed the panel"
             return
         self._train(pid, button, label, result)
         result.shots.append(self._shoot(pid, name, "after"))
@@ -265,7 +266,10 @@ class Controls:
         if errors:
             result.detail = f"{label}: training raised an error:\n" + "\n".join(errors)
         elif not t["frames"]:
-            result.detail = f"{label}: clicking it did not update the live plot (.kdlab-live) within {TRAIN_TIMEOUT:.0f}s"
+            result.detail = (
+                f"{label}: clicking it did not update the live plot (.kdlab-live) within "
+                f"{TRAIN_TIMEOUT:.0f}s"
+            )
         elif done is None:
             result.detail = (
                 f"{label}: the live plot updated ({t['frames']} frame(s)) but training did "
