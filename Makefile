@@ -39,6 +39,11 @@ test-browser: $(STAMP)
 	@$(PY) -c "import playwright.sync_api" 2>/dev/null || $(PY) -m pip install -q playwright
 	KDLAB_PROFILE=smoke KDLAB_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -m browser -p no:cacheprovider -v -s tests/test_browser.py
 
+# Plant each named bug of tests/mutations.py in a throwaway copy of kdlab: every one must be caught.
+.PHONY: mutate
+mutate: $(STAMP)
+	$(PY) tests/mutations.py
+
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT)
 

@@ -80,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         train_size=args.train_size,
     )
-    dataset = prof.load_dataset(args.data_root)
+    prof, dataset = prof.load(args.data_root)
     config = prof.train_config(seed=args.seed, device=args.device, precision=args.precision)
     out = Path(args.out)
     teacher = args.teacher_checkpoint

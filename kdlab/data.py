@@ -8,7 +8,6 @@ normalisation. The same code runs on a CPU. No worker processes, no PIL, no host
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,74 +130,6 @@ def _digits() -> ImageDataset:
     )
 
 
-_CIFAR = {
-    "cifar10": dict(
-        folder="cifar-10-batches-py",
-        archive="cifar-10-python.tar.gz",
-        train=[f"data_batch_{i}" for i in range(1, 6)],
-        test=["test_batch"],
-        labels="labels",
-        meta=("batches.meta", "label_names"),
-    ),
-    "cifar100": dict(
-        folder="cifar-100-python",
-        archive="cifar-100-python.tar.gz",
-        train=["train"],
-        test=["test"],
-        labels="fine_labels",
-        meta=("meta", "fine_label_names"),
-    ),
-}
-
-
-def _read_cifar_batches(folder: Path, files: list[str], label_key: str):
-    images, labels = [], []
-    for name in files:
-        with open(folder / name, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.extend(entry[label_key])
-    return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long)
-
-
-def _cifar(name: str, root: Path, download: bool) -> ImageDataset:
-    """CIFAR-10/100 in the CIFAR "python version" format, cached under ``root``.
-
-    An extracted folder in ``root`` is read directly; otherwise torchvision downloads the
-    archive into ``root`` and verifies its MD5 checksum.
-    """
-    spec = _CIFAR[name]
-    folder = root / spec["folder"]
-    if not folder.is_dir():
-        error = None
-        if download:
-            import torchvision
-
-            cls = (
-                torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-            )
-            try:
-                cls(str(root), train=True, download=True)
-            except Exception as exc:  # offline, or a corrupt archive
-                error = exc
-        if not folder.is_dir():
-            reason = f" (download failed: {error})" if error else ""
-            raise DatasetNotFoundError(
-                f"{name} is not in {root}/ and could not be downloaded{reason}. Put "
-                f"{spec['archive']} or its extracted folder {spec['folder']}/ into {root}/; "
-                f"the 'digits' dataset works offline."
-            )
-    train_x, train_y = _read_cifar_batches(folder, spec["train"], spec["labels"])
-    test_x, test_y = _read_cifar_batches(folder, spec["test"], spec["labels"])
-    meta_file, meta_key = spec["meta"]
-    if (folder / meta_file).exists():
-        with open(folder / meta_file, "rb") as f:
-            classes = list(pickle.load(f, encoding="latin1")[meta_key])
-    else:
-        classes = [str(c) for c in range(int(max(train_y.max(), test_y.max())) + 1)]
-    return ImageDataset(name, train_x, train_y, test_x, test_y, classes, padding=4, flip=True)
-
-
 # MedMNIST's PathMNIST label names, in label order.
 PATHMNIST_CLASSES = [
     "adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
@@ -279,7 +210,9 @@ def load_dataset(
     """Load a dataset as uint8 tensors.
 
     - ``"digits"`` (the embedded default): scikit-learn's handwritten digits, works offline.
-    - ``"cifar10"``, ``"cifar100"``: through torchvision, downloaded into ``root`` and verified.
+    - ``"cifar10"``, ``"cifar100"``: downloaded once into ``root`` (from ``$KDLAB_CIFAR_URL``,
+      a mirror, where set), checked against its MD5, kept in a cache folder that can outlive a
+      Colab runtime (Drive): :mod:`kdlab.cifar`.
     - ``"pathmnist"``: MedMNIST's colorectal histology (the optional ``medmnist`` extra).
 
     ``train_size`` keeps a fixed, class-balanced subset of the training split (the test split
@@ -289,8 +222,10 @@ def load_dataset(
     root = Path(root) if root is not None else default_root()
     if name == "digits":
         dataset = _digits()
-    elif name in _CIFAR:
-        dataset = _cifar(name, root, download)
+    elif name in ("cifar10", "cifar100"):
+        from .cifar import load_cifar
+
+        dataset = load_cifar(name, root, download)
     elif name == "pathmnist":
         dataset = _pathmnist(root, download)
     else:

@@ -33,7 +33,7 @@ __all__ = [
     "slider",
     "dropdown",
     "table",
-    "logit_losses_panel",
+    "logit_losses_controls",
 ]
 
 
@@ -89,7 +89,8 @@ class LivePlot:
     ``track(label)`` returns the callback for :func:`kdlab.fit`; curves are named
     ``label/network``. With ``output`` (an ``ipywidgets.Output``) it draws there, otherwise
     into the notebook cell's output, replacing the previous drawing in place. ``metrics``
-    chooses the panels: any of ``"acc"``, ``"agree"``, ``"js"``.
+    chooses the panels: any of ``"acc"``, ``"agree"``, ``"js"``; ``networks`` (e.g.
+    ``("student",)``) limits the accuracy curves to those networks (default: every one).
 
     Rendering a figure costs about half a second on a laptop CPU, more than a small network's
     epoch on digits, so a tracked run skips redraws to keep drawing under ``max_share`` of the
@@ -104,6 +105,7 @@ class LivePlot:
         metrics: tuple[str, ...] = ("acc", "agree", "js"),
         title="",
         max_share: float = 0.2,
+        networks: tuple[str, ...] | None = None,
     ):
         if not 0 < max_share <= 1:
             raise ValueError(f"max_share must be in (0, 1], got {max_share}")
@@ -111,6 +113,7 @@ class LivePlot:
         self.metrics = metrics
         self.title = title
         self.max_share = max_share
+        self.networks = networks
         self.runs: dict[str, list[dict]] = {}
         self.draws = 0  # how many times the plot was drawn
         self._handle = None
@@ -132,7 +135,7 @@ class LivePlot:
         panels = [
             m
             for m in self.metrics
-            if any(k.startswith(f"{m}/") for rows in self.runs.values() for k in rows[-1:][0])
+            if any(k.startswith(f"{m}/") for rows in self.runs.values() if rows for k in rows[-1])
         ] or ["acc"]
         fig = Figure(figsize=(4.2 * len(panels), 3.2), layout="constrained")
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -149,7 +152,7 @@ class LivePlot:
             epochs = [r["epoch"] for r in rows]
             for key in rows[-1]:
                 kind, _, name = key.partition("/")
-                if kind not in panels:
+                if kind not in panels or (kind == "acc" and not self._shown(name)):
                     continue
                 ax = axes[panels.index(kind)]
                 style = "--" if name == "ensemble" else "-"
@@ -172,6 +175,9 @@ class LivePlot:
         if self.title:
             fig.suptitle(self.title, fontsize=11)
         return fig
+
+    def _shown(self, network: str) -> bool:
+        return self.networks is None or network in self.networks
 
     def update(self) -> None:
         """Draw the current plot now."""
@@ -229,8 +235,8 @@ def panel(draw: Callable[..., Figure], **controls):
     """A widget panel: every control drives ``draw(**values)``, whose Figure is redrawn.
 
     ``controls`` maps ``draw``'s keyword names to widgets (see :func:`slider`,
-    :func:`dropdown`). The notebook calls ``draw`` directly with the same names for the
-    headless path.
+    :func:`dropdown`), laid out four to a row. The notebook calls ``draw`` directly with the
+    same names for the headless path.
     """
     import ipywidgets as widgets
 
@@ -242,7 +248,9 @@ def panel(draw: Callable[..., Figure], **controls):
     for control in controls.values():
         control.observe(redraw, names="value")
     redraw()
-    box = widgets.VBox([widgets.HBox(list(controls.values())), figure])
+    items = list(controls.values())
+    rows = [widgets.HBox(items[i : i + 4]) for i in range(0, len(items), 4)]
+    box = widgets.VBox([*rows, figure])
     box.layout.flex_flow = "column"
     return box.add_class("kdlab-panel")
 
@@ -342,17 +350,14 @@ def table(rows: list[Mapping[str, Any]], floatfmt: str = ".2f") -> str:
 # --------------------------------------------------------------------------- beyond Hinton
 
 
-def logit_losses_panel(draw: Callable[..., Figure], samples: int, **values):
-    """The beyond-Hinton panel (notebook 07): a slider for every weight and temperature of KD,
-    DKD, DIST and KD with logit standardisation, and one for the test sample, four to a row.
+def logit_losses_controls(samples: int, **values) -> dict:
+    """The sliders of notebook 07's panel, by the keyword names of its plain function: every
+    weight and temperature of KD, DKD, DIST and KD with logit standardisation, and the test
+    sample (``samples`` to choose from). ``values`` are the starting values (the notebook's
+    parameters); the rest start at the methods' defaults. Hand them to :func:`panel`::
 
-    Every control redraws ``draw(**values)`` — the notebook's plain function over
-    :func:`kdlab.plots.logit_losses`, which the notebook also calls directly. ``values`` are the
-    starting values (the notebook's parameters) under ``draw``'s keyword names; ``samples`` is
-    the number of test samples ``index`` can choose from.
+        live.panel(draw_logit_losses, **live.logit_losses_controls(len(labels), dkd_beta=2.0))
     """
-    import ipywidgets as widgets
-
     start = {
         "kd_alpha": 0.9, "kd_temperature": 4.0,
         "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_temperature": 4.0,
@@ -380,14 +385,4 @@ def logit_losses_panel(draw: Callable[..., Figure], samples: int, **values):
         for name, (low, high, step, label) in ranges.items()
     }
     controls["index"] = slider(int(start["index"]), 0, samples - 1, 1, "test sample")
-    figure = widgets.Output().add_class("kdlab-figure")
-
-    def redraw(_change=None) -> None:
-        _draw_into(figure, draw(**{name: w.value for name, w in controls.items()}))
-
-    for control in controls.values():
-        control.observe(redraw, names="value")
-    redraw()
-    items = list(controls.values())
-    rows = [widgets.HBox(items[i : i + 4]) for i in range(0, len(items), 4)]
-    return widgets.VBox([*rows, figure]).add_class("kdlab-panel")
+    return controls

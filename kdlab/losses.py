@@ -258,7 +258,7 @@ def dist_terms(
     intra-class ``= 1 − mean_c ρ(P_s[:, c], P_t[:, c])`` (each class's ranking of the samples of
     the batch; needs B ≥ 2). ρ is :func:`pearson_correlation` on probabilities, not logits.
     No KL: a student matches the teacher's *relations*, not its values, so a student whose
-    probabilities are an affine map of the teacher's (per row) scores inter = 0. Each term is
+    probabilities are a positive affine map of the teacher's (per row) scores inter = 0. Each term is
     multiplied by T² (METHODS.md §7); the weights β, γ are the method's.
     """
     _check_temperature(temperature)

@@ -7,6 +7,8 @@
   predictions agree (``agree/<a>-<b>``, percent) and their mean JS divergence
   (``js/<a>-<b>``, nats, at most ln 2).
 
+Evaluation runs in float32, never under the training's autocast: the same weights give the
+same metrics whichever precision trained them (bf16 logits would move agreement and JS).
 Everything is accumulated on the device; one host transfer at the end.
 """
 
@@ -43,11 +45,11 @@ def evaluate(
     networks: Mapping[str, nn.Module],
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     ensemble: Sequence[str] = (),
-    autocast=None,
 ) -> dict[str, float]:
     """Test metrics of ``networks`` over ``batches``; ``ensemble`` names the ensemble members.
 
-    The networks are put in eval mode for the pass and returned to their previous mode.
+    Float32 (autocast is switched off for the pass, should the caller be inside one). The
+    networks are put in eval mode for the pass and returned to their previous mode.
     """
     modes = {name: net.training for name, net in networks.items()}
     for net in networks.values():
@@ -61,10 +63,7 @@ def evaluate(
     count, device = 0, "cpu"
     for x, y in batches:
         device = y.device
-        if autocast is not None:
-            with autocast():
-                logits = {name: net(x).float() for name, net in networks.items()}
-        else:
+        with torch.autocast(device.type, enabled=False):
             logits = {name: net(x).float() for name, net in networks.items()}
         preds = {name: z.argmax(1) for name, z in logits.items()}
         for name in networks:

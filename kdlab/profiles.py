@@ -2,7 +2,9 @@
 
 - ``smoke``: seconds on a CPU, for the tests (digits, a few hundred images, 2 epochs, one seed).
 - ``lab`` (the default): one Colab T4 session per notebook. CIFAR-10 where it is available
-  (cached in ``data/`` or downloadable), otherwise the embedded digits set-up.
+  (cached in ``data/`` or downloadable) and a GPU is there, otherwise the embedded digits set-up
+  (a CPU runtime gets minutes of digits, not hours of CIFAR; ask for ``dataset="cifar10"`` to
+  train it on the CPU anyway).
 - ``paper``: the published schedule of METHODS.md (CIFAR-100, 200 epochs, lr 0.1 ÷10 at 60,
   120, 180, batch 64, three seeds), for a GPU.
 
@@ -18,7 +20,7 @@ import os
 from typing import Any
 
 from .data import DatasetNotFoundError, ImageDataset, load_dataset
-from .train import TrainConfig
+from .train import TrainConfig, pick_device
 
 __all__ = ["Profile", "PROFILES", "profile", "profile_name"]
 
@@ -41,6 +43,7 @@ class Profile:
     fallback: dict[str, Any] = dataclasses.field(default_factory=dict)
     weight_decay: float = 5e-4
     overridden: tuple[str, ...] = ()  # fields set explicitly: a fallback leaves them alone
+    needs_gpu: bool = False  # without a GPU, take the fallback rather than train for hours
 
     def train_config(self, seed: int = 0, **overrides: Any) -> TrainConfig:
         """The :class:`~kdlab.train.TrainConfig` of this profile for one seed."""
@@ -55,20 +58,40 @@ class Profile:
         values.update(overrides)
         return TrainConfig(**values)
 
-    def load_dataset(self, root: str | None = None) -> ImageDataset:
-        """The profile's dataset; where it is absent offline, the fallback (with a note)."""
+    def load(self, root: str | None = None) -> tuple[Profile, ImageDataset]:
+        """The profile that applies and its dataset, without changing this profile::
+
+            cfg, data = kdlab.profile().load()
+
+        ``(self, dataset)`` normally. Where the profile has a fallback and its dataset is absent
+        offline, or the profile is sized for a GPU (``needs_gpu``) and there is none: a *copy*
+        of the profile with the fallback's set-up (its dataset, sizes and networks; the fields
+        set explicitly are kept) and the fallback dataset, with a printed note.
+        """
+        if self.needs_gpu and self.fallback_dataset and pick_device().type == "cpu":
+            reason = (
+                f"no GPU here: {self.dataset} for {self.epochs} epochs would take hours on the CPU"
+            )
+            return self._fall_back(reason, root)
         try:
-            return load_dataset(self.dataset, root, train_size=self.train_size)
+            return self, load_dataset(self.dataset, root, train_size=self.train_size)
         except DatasetNotFoundError as error:
             if not self.fallback_dataset:
                 raise
-            print(f"{error}\n→ the {self.name!r} profile uses {self.fallback_dataset!r} instead.")
-            for key, value in self.fallback.items():
-                if key not in self.overridden:
-                    setattr(self, key, value)
-            self.dataset = self.fallback_dataset
-            self.fallback_dataset = None
-            return load_dataset(self.dataset, root, train_size=self.train_size)
+            return self._fall_back(str(error), root)
+
+    def _fall_back(self, reason: str, root: str | None) -> tuple[Profile, ImageDataset]:
+        print(f"{reason}\n→ the {self.name!r} profile uses {self.fallback_dataset!r} instead.")
+        kept = {k: v for k, v in self.fallback.items() if k not in self.overridden}
+        chosen = dataclasses.replace(
+            self, **kept, dataset=self.fallback_dataset, fallback_dataset=None
+        )
+        return chosen, load_dataset(chosen.dataset, root, train_size=chosen.train_size)
+
+    def load_dataset(self, root: str | None = None) -> ImageDataset:
+        """The dataset of :meth:`load` (the fallback's, where it applies), without changing this
+        profile: :meth:`load` also returns the settings that go with a fallback."""
+        return self.load(root)[1]
 
 
 _DIGITS_LAB = dict(
@@ -84,6 +107,7 @@ PROFILES: dict[str, Profile] = {
     "lab": Profile(
         "lab", "cifar10", epochs=15, batch_size=128, lr=0.1, schedule="cosine", seeds=(0, 1, 2),
         teacher="resnet56", student="resnet20", fallback_dataset="digits", fallback=_DIGITS_LAB,
+        needs_gpu=True,
     ),
     "paper": Profile(
         "paper", "cifar100", epochs=200, batch_size=64, lr=0.1, schedule="step",

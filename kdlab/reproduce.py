@@ -563,7 +563,7 @@ def notebook_run(
     models = list(models) if models else [prof.student] * max(1, method_cls.min_networks)
     if method_cls.teacher_mode is not None and teacher is None:
         teacher = prof.teacher
-    data = prof.load_dataset(str(data_root))
+    prof, data = prof.load(str(data_root))
     out_dir = Path(out_dir) if out_dir else None
     runs = {}
     for seed in list(seeds) if seeds is not None else list(prof.seeds):

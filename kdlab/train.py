@@ -1,22 +1,24 @@
 """The one training loop, for any method and any number of networks.
 
-:func:`fit` trains a :class:`~kdlab.methods.Method` on a dataset: device-resident batches,
-mixed precision where it helps, one SGD optimizer per network (Nesterov momentum, weight decay,
-step or cosine schedule), the method's own optimizers for its auxiliary modules, a tqdm
-progress bar, test metrics every epoch, and — with an output folder — ``config.json``,
-``metrics.jsonl``, ``summary.json`` and an atomic checkpoint every epoch that ``resume=True``
-continues from. The loop knows no screen: live plots are callbacks handed in.
+:func:`fit` trains a :class:`~kdlab.methods.Method` on a dataset, in named parts a reader can
+take one at a time:
+
+- :mod:`kdlab.precision`: float32, bf16 or fp16 (with a gradient scaler), picked per device;
+- :mod:`kdlab.optim`: SGD per network (Nesterov momentum, weight decay), the method's own
+  optimizers for its auxiliary modules, and one learning-rate schedule shape for all of them;
+- :mod:`kdlab.epoch`: one epoch — the method's steps and the ``update`` they call;
+- :mod:`kdlab.metrics`: the test metrics after every epoch, in float32;
+- :mod:`kdlab.checkpoint`: what a resumed run restores, and single saved networks;
+- :mod:`kdlab.callbacks`: the run folder (``config.json``, ``metrics.jsonl``, ``summary.json``,
+  an atomic checkpoint every epoch) and the progress bar. The loop knows no screen: live plots
+  are callbacks handed in.
 
 :func:`run` is the whole recipe in one call: seed, build the networks, build the method, fit.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
-import math
-import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,10 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from .callbacks import LoopCallback, ProgressBar, RunFolder
+from .checkpoint import TrainingState, load_network, save_network
 from .data import DeviceLoader, ImageDataset, load_dataset
+from .epoch import NonFiniteLossError, Updater, train_epoch
 from .methods import Method, get_method
 from .metrics import evaluate
 from .models import build_model
+from .optim import build_optimizers
+from .precision import PRECISIONS, Precision, cpu_has_amx, pick_precision, precision_name
 
 __all__ = [
     "TrainConfig",
@@ -40,8 +47,12 @@ __all__ = [
     "run",
     "seed_everything",
     "pick_device",
+    "pick_precision",
+    "precision_name",
+    "cpu_has_amx",
     "save_network",
     "load_network",
+    "NonFiniteLossError",
 ]
 
 Callback = Callable[[dict, "History"], None]
@@ -65,6 +76,7 @@ class TrainConfig:
     precision: str = "auto"  # "auto", "fp32", "bf16", "fp16"
     channels_last: str | bool = "auto"  # auto: on for CUDA and CPU (measured faster on both)
     eval_batch_size: int = 1024
+    fused: str | bool = "auto"  # fused SGD kernel; auto: on CUDA only (kdlab.optim)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -77,8 +89,12 @@ class TrainConfig:
             raise ValueError("weight_decay and momentum must be ≥ 0")
         if self.schedule not in ("step", "cosine", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}; choose step, cosine or constant")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"unknown precision {self.precision!r}; choose auto, fp32, bf16, fp16")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}"
+            )
+        if self.fused not in ("auto", True, False):
+            raise ValueError(f"fused must be 'auto', True or False, got {self.fused!r}")
         self.milestones = tuple(int(m) for m in self.milestones)
 
 
@@ -144,76 +160,11 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles (Intel Xeon 4th generation and later), on which oneDNN runs
-    bf16 convolutions natively. False where this torch cannot tell."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe()) if probe is not None else False
-
-
-def precision_name(dtype: torch.dtype | None) -> str:
-    """How a run names the precision :func:`pick_precision` chose: "bfloat16", "float16", "float32"."""
-    return str(dtype or torch.float32).replace("torch.", "")
-
-
-def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision="auto"``: bf16 on CUDA compute capability ≥ 8.0, fp16
-    below it (with a gradient scaler); on a CPU, bf16 where it has AMX (measured twice as fast
-    for a resnet32 step on two cores, accuracy within noise: README, Performance), otherwise
-    fp32 (None, no autocast), as on MPS. "fp32", "bf16" and "fp16" force a choice."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        major, _ = torch.cuda.get_device_capability(device)
-        return torch.bfloat16 if major >= 8 else torch.float16
-    if device.type == "cpu" and cpu_has_amx():
-        return torch.bfloat16
-    return None
-
-
-def _scheduler(optimizer, config: TrainConfig):
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    if config.schedule == "step":
-        # The recipe's milestones are for 200 epochs: scale them to shorter or longer runs.
-        scale = config.epochs / 200
-        milestones = sorted({max(1, round(m * scale)) for m in config.milestones})
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.gamma)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
-
-
-def _sgd(module: nn.Module, config: TrainConfig, device: torch.device):
-    kwargs = {}
-    if device.type == "cuda":
-        kwargs["fused"] = True  # one kernel for the whole step, and no host sync with a scaler
-    else:
-        kwargs["foreach"] = True
-    return torch.optim.SGD(
-        module.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov and config.momentum > 0,
-        weight_decay=config.weight_decay,
-        **kwargs,
-    )
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss became NaN or infinite; the run stopped, the last good checkpoint is kept."""
-
-
-def make_summary(method: Method, history: History, config: TrainConfig, archs: Mapping) -> dict:
-    """Final and best test accuracy (percent) of every network and of the ensemble."""
+def make_summary(
+    method: Method, history: History, config: TrainConfig, archs: Mapping, dataset: str
+) -> dict:
+    """Final and best test accuracy (percent) of every network and of the ensemble, with the
+    method, its parameters, the dataset's name, the seed and the agreement of the last epoch."""
     networks = {}
     for name in history.networks():
         best, best_epoch = history.best(name)
@@ -225,7 +176,7 @@ def make_summary(method: Method, history: History, config: TrainConfig, archs: M
     return {
         "method": method.name,
         "params": dataclasses.asdict(method.params),
-        "dataset": archs.get("_dataset"),
+        "dataset": dataset,
         "seed": config.seed,
         "epochs": config.epochs,
         "epochs_done": last["epoch"],
@@ -233,6 +184,38 @@ def make_summary(method: Method, history: History, config: TrainConfig, archs: M
         "agreement": {k: v for k, v in last.items() if k.startswith(("agree/", "js/"))},
         "seconds": sum(history.column("seconds")),
     }
+
+
+def _checkpoint_to_resume(out: Path | None, resume: bool | str) -> Path | None:
+    """``out/checkpoint.pt`` when the run resumes from it, else None (see :func:`fit`)."""
+    if resume not in (True, False, "auto"):
+        raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
+    path = out / "checkpoint.pt" if out is not None else None
+    if resume == "auto":
+        resume = path is not None and path.exists()
+    if resume and not (path and path.exists()):
+        raise FileNotFoundError(f"nothing to resume: no checkpoint.pt in {out}")
+    return path if resume else None
+
+
+def _place(method: Method, dataset: ImageDataset, config: TrainConfig, device: torch.device):
+    """Move the method to the device (NHWC where that is faster); the train and test loaders."""
+    if config.channels_last == "auto":
+        # NHWC convolutions: faster on CUDA tensor cores and in oneDNN on CPUs (kdlab/bench).
+        channels_last = device.type in ("cuda", "cpu")
+    else:
+        channels_last = bool(config.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    method.to(device)
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+    train = DeviceLoader.train(
+        dataset, config.batch_size, device, seed=config.seed, channels_last=channels_last
+    )
+    test = DeviceLoader.test(dataset, config.eval_batch_size, device, channels_last=channels_last)
+    method.check_batch_size(train.min_batch_size)
+    return channels_last, train, test
 
 
 def fit(
@@ -249,224 +232,84 @@ def fit(
 ) -> Run:
     """Train ``method`` on ``dataset`` with ``config``.
 
-    Per batch, the method computes its loss terms and calls ``update(terms)``; the loop
-    backpropagates their sum and steps the optimizers of the named modules. Per epoch: the
-    schedules step, every network is evaluated on the test split (:func:`kdlab.metrics.evaluate`),
-    the record is appended to the history (and ``out/metrics.jsonl``), a checkpoint is written
-    atomically to ``out/checkpoint.pt``, and each callback is called with ``(record, history)``.
+    Per epoch (:func:`kdlab.epoch.train_epoch`): the method's steps under the precision's
+    autocast (:mod:`kdlab.precision`), each handing its loss terms to ``update``; then the
+    schedules step (:mod:`kdlab.optim`), every network is evaluated on the test split in
+    float32 (:func:`kdlab.metrics.evaluate`), the record is appended to the history, and the
+    callbacks are called with ``(record, history)``: with ``out``, the run folder first
+    (:class:`kdlab.callbacks.RunFolder`: metrics.jsonl and an atomic checkpoint), then the
+    progress bar, then ``callbacks``.
 
-    ``resume=True`` continues from ``out/checkpoint.pt`` (networks, optimizers, schedules,
-    gradient scaler, auxiliary modules, RNG states, history) to the same numbers an
-    uninterrupted run gives; ``resume="auto"`` resumes when that checkpoint exists and starts
-    afresh otherwise (what a notebook run by a grid uses). ``stop_after`` ends the run after
-    that many epochs (an interruption, for tests). A NaN or infinite loss raises
-    :class:`NonFiniteLossError` naming the network, the term and the epoch; the checkpoint of
-    the last good epoch stays.
+    ``resume=True`` continues from ``out/checkpoint.pt`` (:class:`kdlab.checkpoint.TrainingState`)
+    to the same numbers an uninterrupted run gives; ``resume="auto"`` resumes when that
+    checkpoint exists and starts afresh otherwise (what a notebook run by a grid uses).
+    ``stop_after`` ends the run after that many epochs (an interruption, for tests). A NaN or
+    infinite loss raises :class:`NonFiniteLossError` naming the network, the term and the epoch;
+    the checkpoint of the last good epoch stays.
     """
     config = config or TrainConfig()
     archs = dict(archs or {})
-    device = pick_device(config.device)
-    amp_dtype = pick_precision(config.precision, device)
-    if config.channels_last == "auto":
-        # NHWC convolutions: faster on CUDA tensor cores and in oneDNN on CPUs (kdlab/bench.py).
-        channels_last = device.type in ("cuda", "cpu")
-    else:
-        channels_last = bool(config.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-    method.to(device)
-    if channels_last:
-        method.to(memory_format=torch.channels_last)
-    train_loader = DeviceLoader.train(
-        dataset, config.batch_size, device, seed=config.seed, channels_last=channels_last
-    )
-    test_loader = DeviceLoader.test(
-        dataset, config.eval_batch_size, device, channels_last=channels_last
-    )
-    method.check_batch_size(train_loader.min_batch_size)
-
-    optimizers = {name: _sgd(net, config, device) for name, net in method.networks.items()}
-    schedulers = {name: _scheduler(opt, config) for name, opt in optimizers.items()}
-    optimizers.update(method.auxiliary_optimizers())
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-    def autocast():
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=amp_dtype)
-
-    history = History()
     out = Path(out) if out is not None else None
-    checkpoint_path = out / "checkpoint.pt" if out else None
-    start_epoch = 0
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_json(
-            out / "config.json",
-            {
-                "method": method.name,
-                "params": dataclasses.asdict(method.params),
-                "archs": archs,
-                "train": dataclasses.asdict(config),
-                "device": str(device),
-                "precision": precision_name(amp_dtype),
-                "channels_last": channels_last,
-            },
-        )
-    if resume not in (True, False, "auto"):
-        raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
-    if resume == "auto":
-        resume = checkpoint_path is not None and checkpoint_path.exists()
-    if resume:
-        if not (checkpoint_path and checkpoint_path.exists()):
-            raise FileNotFoundError(f"nothing to resume: no checkpoint.pt in {out}")
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        method.load_state_dict(state["method"])
-        for name, opt in optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
-        for name, sched in schedulers.items():
-            sched.load_state_dict(state["schedulers"][name])
-        scaler.load_state_dict(state["scaler"])
-        train_loader.load_state_dict(state["loader"])
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        if device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), device)
-        history.extend(json.loads(state["history"]))
-        start_epoch = len(history)
-    if out:  # metrics.jsonl always equals the history (a resumed run drops unfinished epochs)
-        with open(out / "metrics.jsonl", "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in history)
-
-    sums: dict[str, torch.Tensor] = {}
-
-    def accumulate(key: str, value: torch.Tensor) -> None:
-        value = value.detach().float()
-        sums[key] = sums[key] + value if key in sums else value
-
-    def update(terms: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
-        total = 0.0
-        for name, named in terms.items():
-            optimizers[name].zero_grad(set_to_none=True)
-            for term, value in named.items():
-                total = total + value
-                accumulate(f"loss/{name}/{term}", value)
-        scaler.scale(total).backward()
-        for name in terms:
-            scaler.step(optimizers[name])
-        scaler.update()
-
+    resume_from = _checkpoint_to_resume(out, resume)
+    device = pick_device(config.device)
+    precision = Precision.pick(config.precision, device)
+    channels_last, train_loader, test_loader = _place(method, dataset, config, device)
+    optimizers, schedulers = build_optimizers(method, config, device)
+    state = TrainingState(method, optimizers, schedulers, precision.scaler, train_loader, device)
     last_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
+    hooks: list[LoopCallback] = []
+    if out is not None:
+        used = {"device": str(device), "precision": precision.name, "channels_last": channels_last}
+        hooks.append(RunFolder(out, state, dataset, config, archs, used))
+    if progress:
+        hooks.append(ProgressBar(method.name, last_epoch, len(train_loader)))
+    history = History(state.load(resume_from) if resume_from else [])
     history.last_epoch = last_epoch
-    steps = len(train_loader)
-    bar = None
-    if progress and start_epoch < last_epoch:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=(last_epoch - start_epoch) * steps, desc=method.name, unit="batch", leave=True
-        )
+    update = Updater(optimizers, precision.scaler)
     try:
-        for epoch in range(start_epoch + 1, last_epoch + 1):
-            started = time.perf_counter()
-            method.train()
-            sums.clear()
-            lr = optimizers[next(iter(method.networks))].param_groups[0]["lr"]
-            for step, (x, y) in enumerate(train_loader):
-                with autocast():
-                    extra = method.training_step(x, y, update, epoch=epoch, step=step)
-                for key, value in extra.items():
-                    accumulate(key, value)
-                if bar is not None:
-                    bar.update(1)
-            for sched in schedulers.values():
-                sched.step()
-            # One host transfer per epoch for every logged quantity.
-            keys = list(sums)
-            values = torch.stack([sums[k] for k in keys]).cpu().tolist() if keys else []
-            record: dict[str, Any] = {"epoch": epoch, "lr": lr}
-            for key, value in zip(keys, values):
-                mean = value / steps
-                if not math.isfinite(mean) and key.startswith("loss/"):
-                    _, network, term = key.split("/", 2)
-                    raise NonFiniteLossError(
-                        f"loss term {term!r} of network {network!r} is {mean} in epoch {epoch}; "
-                        "the run stopped"
-                        + (f", the last good checkpoint is {checkpoint_path}" if out else "")
-                    )
-                record[key] = mean
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            record["seconds"] = time.perf_counter() - started
-            record.update(
-                evaluate(
-                    method.evaluated(), test_loader, method.ensemble_members(), autocast=autocast
-                )
-            )
+        for hook in hooks:
+            hook.start(history)
+        for epoch in range(len(history) + 1, last_epoch + 1):
+            record = _epoch(method, state, update, precision, test_loader, epoch, hooks, out)
             history.append(record)
-            if out:
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                state = {
-                    "method": method.state_dict(),
-                    "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
-                    "schedulers": {n: s.state_dict() for n, s in schedulers.items()},
-                    "scaler": scaler.state_dict(),
-                    "loader": train_loader.state_dict(),
-                    "rng_cpu": torch.get_rng_state(),
-                    "history": json.dumps(list(history)),
-                }
-                if device.type == "cuda":
-                    state["rng_cuda"] = torch.cuda.get_rng_state(device)
-                tmp = checkpoint_path.with_suffix(".pt.tmp")
-                torch.save(state, tmp)
-                os.replace(tmp, checkpoint_path)
-            if bar is not None:
-                shown = {k[4:]: f"{v:.1f}" for k, v in record.items() if k.startswith("acc/")}
-                bar.set_postfix(shown, refresh=False)
-            for callback in callbacks:
+            for callback in [*hooks, *callbacks]:
                 callback(record, history)
     finally:
-        if bar is not None:
-            bar.close()
-
+        for hook in hooks:
+            hook.close()
     if channels_last:  # hand the networks back in the standard layout
         method.to(memory_format=torch.contiguous_format)
-    summary = make_summary(method, history, config, archs) if history else {}
-    if out and history:
-        _write_json(out / "summary.json", summary)
-        for name, net in method.evaluated().items():
-            if name in archs:
-                save_network(out / "networks" / f"{name}.pt", net, archs[name], dataset)
-    return Run(method, history, summary, out)
+    summary = make_summary(method, history, config, archs, dataset.name) if history else {}
+    result = Run(method, history, summary, out)
+    for hook in hooks:
+        hook.end(result)
+    return result
 
 
-def save_network(path: str | Path, network: nn.Module, arch: str, dataset: ImageDataset) -> None:
-    """Save one network with what :func:`load_network` needs to rebuild it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "arch": arch,
-        "num_classes": dataset.num_classes,
-        "in_channels": dataset.in_channels,
-        "dataset": dataset.name,
-        "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
-    }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def _epoch(method, state, update, precision, test_loader, epoch, hooks, out) -> dict[str, Any]:
+    """One epoch's record: its training means, learning rate, time and test metrics."""
+    started = time.perf_counter()
+    lr = state.optimizers[next(iter(method.networks))].param_groups[0]["lr"]
 
+    def on_batch() -> None:
+        for hook in hooks:
+            hook.batch()
 
-def load_network(path: str | Path) -> nn.Module:
-    """Rebuild a network saved by :func:`save_network` (``torch.load(weights_only=True)``)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no network checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    network = build_model(state["arch"], state["num_classes"], state["in_channels"])
-    network.load_state_dict(state["state_dict"])
-    network.arch = state["arch"]
-    return network
+    try:
+        means = train_epoch(method, state.loader, update, precision, epoch, on_batch)
+    except NonFiniteLossError as error:
+        if out is None:
+            raise
+        where = out / "checkpoint.pt"
+        raise NonFiniteLossError(f"{error}, the last good checkpoint is {where}") from None
+    for scheduler in state.schedulers.values():
+        scheduler.step()
+    if state.device.type == "cuda":
+        torch.cuda.synchronize(state.device)
+    record: dict[str, Any] = {"epoch": epoch, "lr": lr, **means}
+    record["seconds"] = time.perf_counter() - started
+    record.update(evaluate(method.evaluated(), test_loader, method.ensemble_members()))
+    return record
 
 
 def _role_names(method_cls: type[Method], count: int) -> list[str]:
@@ -512,7 +355,6 @@ def run(
         for role, arch in zip(roles, names)
     }
     archs: dict[str, str] = dict(zip(roles, names))
-    archs["_dataset"] = dataset.name
     kwargs: dict[str, Any] = {}
     if method_cls.teacher_mode is not None:
         if teacher is None:

@@ -11,6 +11,7 @@ import torch
 
 import kdlab
 from kdlab import bench, losses
+from kdlab.bench import reference, timing
 from kdlab.cli import main
 
 
@@ -55,12 +56,14 @@ def test_reference_losses_equal_the_kits():
     """The plainly written reference terms compute what kdlab.losses computes."""
     g = torch.Generator().manual_seed(0)
     z, z_peer = torch.randn(40, 100, generator=g), torch.randn(40, 100, generator=g)
-    assert torch.allclose(bench._kl(z, z_peer), losses.mutual_kl(z, z_peer), atol=1e-6)
-    assert torch.allclose(16 * bench._kl(z, z_peer, 4.0), losses.kd_loss(z, z_peer, 4.0), atol=1e-6)
-    assert torch.allclose(bench._js(z, z_peer), losses.js_divergence(z, z_peer), atol=1e-6)
+    assert torch.allclose(reference._kl(z, z_peer), losses.mutual_kl(z, z_peer), atol=1e-6)
+    assert torch.allclose(
+        16 * reference._kl(z, z_peer, 4.0), losses.kd_loss(z, z_peer, 4.0), atol=1e-6
+    )
+    assert torch.allclose(reference._js(z, z_peer), losses.js_divergence(z, z_peer), atol=1e-6)
     h, h_peer = torch.randn(40, 64, generator=g), torch.randn(40, 64, generator=g)
     assert torch.allclose(
-        bench._topology(h, h_peer, 16, 0.1), losses.topology_loss(h, h_peer, 16, 0.1), atol=1e-5
+        reference._topology(h, h_peer, 16, 0.1), losses.topology_loss(h, h_peer, 16, 0.1), atol=1e-5
     )
 
 
@@ -68,7 +71,7 @@ def test_reference_step_trains_the_networks():
     """One reference dml step changes both peers' weights (the loop really steps)."""
     nets = [kdlab.build_model("cnn_tiny", 100) for _ in range(2)]
     before = [n.classifier.weight.detach().clone() for n in nets]
-    step = bench._reference_dml(nets, None)
+    step = reference._reference_dml(nets, None)
     step(torch.randn(8, 3, 32, 32), torch.randint(0, 100, (8,)))
     for net, w in zip(nets, before, strict=True):
         assert not torch.equal(net.classifier.weight, w)
@@ -78,4 +81,4 @@ def test_result_numbers():
     r = bench.Result("dml", "a + b", reference_img_s=20.0, kdlab_img_s=50.0)
     assert r.ratio == 2.5 and r.reference_s_epoch == 2500 and r.kdlab_s_epoch == 1000
     assert bench.Result("x", "y", skipped="no").ratio is None
-    assert bench._split(10, 3) == [4, 3, 3] and bench._split(2, 5) == [1, 1]
+    assert timing._split(10, 3) == [4, 3, 3] and timing._split(2, 5) == [1, 1]

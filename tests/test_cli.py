@@ -31,11 +31,9 @@ def test_train_independent(tmp_path, capsys):
     assert code == 0
     files = _files(out)
     assert files["config"]["method"] == "independent"
-    assert files["config"]["archs"] == {
-        "net1": "resnet20",
-        "net2": "resnet20",
-        "_dataset": "digits",
-    }
+    archs = files["config"]["archs"]
+    assert (archs["net1"], archs["net2"]) == ("resnet20", "resnet20")
+    assert files["summary"]["dataset"] == "digits"
     assert files["config"]["train"]["epochs"] == 2 and files["config"]["train"]["seed"] == 0
     assert [row["epoch"] for row in files["metrics"]] == [1, 2]
     networks = files["summary"]["networks"]

@@ -40,7 +40,7 @@ def _kl(p, q):
 def _step_terms(method, x, y):
     """Run one training step and return what it handed to ``update`` (it must call it once)."""
     calls = []
-    method.training_step(x, y, calls.append)
+    method.training_step(x, y, lambda terms, also_step=(): calls.append(terms))
     assert len(calls) == 1, "every network must be updated by one update call"
     return calls[0]
 
@@ -229,7 +229,7 @@ def test_different_styles_student2_learns_teacher_features_through_adapter():
     assert set(method.auxiliary_optimizers()) == {"adapters"}
     x, y = torch.randn(6, 1, 8, 8), torch.arange(6)
     terms = _step_terms(method, x, y)
-    assert terms["adapters"] == {}  # named so that the loop steps the adapters' optimizer
+    assert "adapters" not in terms  # no empty terms: the loop steps them through also_step
     assert set(terms["student1"]) == set(terms["student2"]) == {"ce", "kd", "ml", "feat"}
     # Student 2's teacher term is α · MSE(A(f_s2), sg f_t), worked out again here.
     with torch.no_grad():
@@ -260,8 +260,23 @@ def test_feature_mse_pools_to_the_smaller_map_and_detaches_the_target():
 # -- the three set-ups train, through run() and the command line ----------------------------------
 
 
-def test_setups_are_settings_of_one_method():
-    assert SETUPS == {"KD + ML": {}, "KD only": {"beta": 0.0}, "ML only": {"use_teacher": False}}
+def test_setups_give_the_papers_three_losses():
+    # The same teacher and students under each set-up: KD + ML has both terms, KD only no peer
+    # term, ML only neither a teacher nor a teacher's term.
+    zt, zs = [[2.0, 0.0, -1.0]], [[[0.5, 1.0, 0.0]], [[0.0, 0.0, 1.0]]]
+    seen = {}
+    for setup, overrides in SETUPS.items():
+        nets = {f"student{i}": FixedLogits(z) for i, z in enumerate(zs, 1)}
+        method = TeacherAndPeers(nets, teacher=FixedLogits(zt), **overrides)
+        terms = _step_terms(method, torch.zeros(1, 1, 8, 8), torch.tensor([1]))
+        seen[setup] = {name: {k: v.item() for k, v in t.items()} for name, t in terms.items()}
+    assert set(seen) == {"KD + ML", "KD only", "ML only"}
+    both, kd_only, ml_only = seen["KD + ML"], seen["KD only"], seen["ML only"]
+    assert both["student1"]["kd"] > 0 and both["student1"]["ml"] > 0 and "teacher" in both
+    assert kd_only["student1"]["kd"] == pytest.approx(both["student1"]["kd"])
+    assert kd_only["student1"]["ml"] == 0 and "teacher" in kd_only
+    assert set(ml_only) == {"student1", "student2"} and "kd" not in ml_only["student1"]
+    assert ml_only["student1"]["ml"] == pytest.approx(both["student1"]["ml"])
 
 
 def _config(epochs=3):

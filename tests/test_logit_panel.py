@@ -51,7 +51,7 @@ def test_logit_losses_bars_are_the_weighted_losses(batch):
     assert _totals(ax_all) == pytest.approx(expected, rel=1e-5)
 
 
-def test_logit_losses_panel_starts_at_the_given_values_and_redraws(batch):
+def test_logit_losses_controls_start_at_the_given_values_and_redraw_the_panel(batch):
     pytest.importorskip("ipywidgets")
     calls = []
 
@@ -59,20 +59,20 @@ def test_logit_losses_panel_starts_at_the_given_values_and_redraws(batch):
         calls.append(values)
         return plots.logit_losses(*batch, list("abcde"), values["index"])
 
-    panel = live.logit_losses_panel(draw, samples=16, dkd_beta=2.0, ls_temperature=3.0)
+    controls = live.logit_losses_controls(16, dkd_beta=2.0, ls_temperature=3.0)
+    assert len(controls) == 11 and controls["index"].max == 15
+    panel = live.panel(draw, **controls)
     assert "kdlab-panel" in panel._dom_classes
+    assert [len(row.children) for row in panel.children[:-1]] == [4, 4, 3]  # four to a row
     assert len(calls) == 1
     assert calls[0]["dkd_beta"] == 2.0 and calls[0]["ls_temperature"] == 3.0
     assert calls[0]["dist_gamma"] == 2.0 and calls[0]["index"] == 0  # defaults elsewhere
-    sliders = {w.description: w for row in panel.children[:-1] for w in row.children}
-    assert len(sliders) == 11
-    sliders["DIST γ"].value = 5.0
-    sliders["test sample"].value = 7
+    controls["dist_gamma"].value = 5.0
+    controls["index"].value = 7
     assert calls[-1]["dist_gamma"] == 5.0 and calls[-1]["index"] == 7
     assert len(calls) == 3
 
 
-def test_logit_losses_panel_rejects_an_unknown_setting():
-    pytest.importorskip("ipywidgets")
+def test_logit_losses_controls_reject_an_unknown_setting():
     with pytest.raises(ValueError, match="unknown setting 'dkd_gamma'"):
-        live.logit_losses_panel(lambda **v: None, samples=4, dkd_gamma=1.0)
+        live.logit_losses_controls(4, dkd_gamma=1.0)

@@ -133,6 +133,33 @@ def test_topology_loss_matches_the_formula_by_hand_with_knn():
     assert expected > 0.01
 
 
+def _nearest(angles, k):
+    """The k nearest others of every anchor by angle (cosine order for angles in [0, π])."""
+    result = []
+    for i, a in enumerate(angles):
+        others = sorted((abs(a - b), j) for j, b in enumerate(angles) if j != i)
+        result.append([j for _, j in others[:k]])
+    return result
+
+
+def test_topology_neighbours_are_chosen_in_the_peers_embedding_not_the_networks_own():
+    # The two embeddings order the samples differently: in the peer's, sample 0's two nearest
+    # are 1 and 2; in the network's own, 3 and 2. Every anchor's set differs.
+    peer_angles = [0.0, 0.3, 0.7, 2.5]
+    own_angles = [0.0, 3.0, 2.5, 0.2]
+    by_peer, by_own = _nearest(peer_angles, 2), _nearest(own_angles, 2)
+    assert by_peer == [[1, 2], [0, 2], [1, 0], [2, 1]]
+    assert by_own == [[3, 2], [2, 3], [1, 3], [0, 2]]
+    h_peer = [_unit(a) for a in peer_angles]
+    h = [_unit(a) for a in own_angles]
+    tau = 0.5
+    expected = _hand_topology(h, h_peer, by_peer, tau)
+    wrong = _hand_topology(h, h_peer, by_own, tau)
+    assert wrong - expected > 0.5  # the example (0.527 against 1.320) tells the two choices apart
+    got = topology_loss(torch.tensor(h), torch.tensor(h_peer), k=2, tau=tau)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_topology_loss_zero_for_equal_embeddings_positive_otherwise():
     torch.manual_seed(0)
     a, b = torch.randn(32, 16), torch.randn(32, 16)

@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-import kdlab
 from kdlab.cli import main
 from kdlab.losses import pooled_embedding, topology_loss
 from kdlab.methods import get_method
@@ -115,6 +114,139 @@ def test_dml_alternating_peer2_term_uses_updated_peer1():
     assert kl_seen["peer2"] == pytest.approx(expected, abs=1e-6)
     stale = 0.5 * (0.25 * math.log(0.5) + 0.75 * math.log(1.5))  # against peer 1 before its step
     assert kl_seen["peer2"] != pytest.approx(stale, abs=1e-3)
+
+
+# -- ADML and TADML: the formula by hand -----------------------------------------------------
+
+
+def _js(p, q):
+    m = [(a + b) / 2 for a, b in zip(p, q, strict=True)]
+    return 0.5 * _kl(p, m) + 0.5 * _kl(q, m)
+
+
+def _kl(p, q):
+    return sum(a * math.log(a / b) for a, b in zip(p, q, strict=True))
+
+
+def _softplus(v):
+    return math.log1p(math.exp(v))
+
+
+P1, P2, P3 = [0.25, 0.75], [0.5, 0.5], [0.75, 0.25]  # softmax of Z1, Z2, Z3
+
+
+def _linear_discriminators(method):
+    """Replace every D_k by the same known function ``D(v) = v_0 − v_1`` (one logit)."""
+    for name in method.auxiliary:
+        disc = nn.Linear(2, 1)
+        with torch.no_grad():
+            disc.weight.copy_(torch.tensor([[1.0, -1.0]]))
+            disc.bias.zero_()
+        method.auxiliary[name] = disc
+
+
+def test_adml_default_divergence_is_js_averaged_over_the_other_peers():
+    # Three peers: peer 1's term is λ_div · ½ [JS(p1, p2) + JS(p1, p3)] with the defaults
+    # (JS, λ_div = 1). A sum over the peers would double it; KL (DML's term) is another number.
+    method = get_method("adml")(_peers([Z1, Z2, Z3]))
+    _, terms = _collect(method, torch.zeros(1, 1), torch.tensor([1]))
+    expected = 0.5 * (_js(P1, P2) + _js(P1, P3))
+    as_kl = 0.5 * (_kl(P2, P1) + _kl(P3, P1))
+    assert abs(as_kl - expected) > 0.1
+    assert terms["peer1"]["div"].item() == pytest.approx(expected, rel=1e-5)
+    # Peer 2 sits halfway: JS(p2, p1) = JS(p2, p3), so its mean is either one.
+    assert terms["peer2"]["div"].item() == pytest.approx(_js(P2, P1), rel=1e-5)
+    kl_method = get_method("adml")(_peers([Z1, Z2, Z3]), divergence="kl", lam_div=2.0)
+    _, kl_terms = _collect(kl_method, torch.zeros(1, 1), torch.tensor([1]))
+    assert kl_terms["peer1"]["div"].item() == pytest.approx(2 * as_kl, rel=1e-5)
+
+
+def test_adml_discriminator_takes_the_peers_as_real_and_its_own_network_as_fake():
+    # With D(v) = v_0 − v_1: D(z1) = −ln 3 (peer 1's own output, "fake"), and the other peers'
+    # outputs ("real") give D(z2) = 0 and D(z3) = ln 3. BCE(σ(d), 1) = softplus(−d) and
+    # BCE(σ(d), 0) = softplus(d), each a mean over its samples:
+    # L_D^1 = ½ [softplus(0) + softplus(−ln 3)] + softplus(−ln 3) = ½ ln(8/3) + ln(4/3).
+    method = get_method("adml")(_peers([Z1, Z2, Z3]))
+    _linear_discriminators(method)
+    calls = []
+    metrics = method.training_step(torch.zeros(1, 1), torch.tensor([1]), calls.append)
+    disc_terms = calls[0]
+    expected = 0.5 * math.log(8 / 3) + math.log(4 / 3)
+    swapped = 0.5 * math.log(8) + math.log(4)  # real labelled 0, fake labelled 1
+    assert disc_terms["disc1"]["bce"].item() == pytest.approx(expected, rel=1e-5)
+    assert abs(swapped - expected) > 1
+    # Its accuracy: one of the two real outputs is judged real (D > 0), the fake one is judged
+    # fake (D ≤ 0): ½ (½ + 1) = 0.75.
+    assert metrics["disc_acc/disc1"].item() == pytest.approx(0.75)
+    # D_3 sees z3 as fake (D = ln 3) and z1, z2 as real (D = −ln 3, 0).
+    expected_3 = 0.5 * (_softplus(LN3) + math.log(2)) + _softplus(LN3)
+    assert disc_terms["disc3"]["bce"].item() == pytest.approx(expected_3, rel=1e-5)
+
+
+def test_adml_adversarial_term_pushes_the_network_towards_real_with_weight_one_tenth():
+    # L_adv^1 = BCE(σ(D(z1)), 1) = softplus(−D(z1)) = softplus(ln 3) = ln 4, times the default
+    # λ_adv = 0.1. Target 0 would give 0.1 · ln(4/3); λ_adv = 1 would give ln 4.
+    method = get_method("adml")(_peers([Z1, Z2, Z3]))
+    _linear_discriminators(method)
+    _, terms = _collect(method, torch.zeros(1, 1), torch.tensor([1]))
+    assert terms["peer1"]["adv"].item() == pytest.approx(0.1 * math.log(4), rel=1e-5)
+    assert terms["peer3"]["adv"].item() == pytest.approx(0.1 * math.log(4 / 3), rel=1e-5)
+    # Its gradient lowers the loss by moving D(z1) up: towards "real".
+    z1 = method.networks["peer1"].z
+    (grad,) = torch.autograd.grad(terms["peer1"]["adv"], z1)
+    assert grad[0, 0].item() < 0 < grad[0, 1].item()
+
+
+def test_adml_discriminators_use_adam_with_the_gan_betas():
+    method = get_method("adml")(_peers([Z1, Z2]))
+    optimizers = method.auxiliary_optimizers()
+    assert set(optimizers) == {"disc1", "disc2"}
+    for opt in optimizers.values():
+        assert isinstance(opt, torch.optim.Adam)
+        assert opt.defaults["lr"] == pytest.approx(2e-4)
+        assert tuple(opt.defaults["betas"]) == (0.5, 0.999)  # Adam's own default is (0.9, 0.999)
+    chosen = get_method("adml")(_peers([Z1, Z2]), disc_betas=(0.9, 0.99)).auxiliary_optimizers()
+    assert tuple(chosen["disc1"].defaults["betas"]) == (0.9, 0.99)
+
+
+class FixedOutputs(FixedLogits):
+    """Fixed logits and fixed stage features (B×D each), as ``net(x, return_features=True)``."""
+
+    def __init__(self, logits, stages) -> None:
+        super().__init__(logits)
+        self.stages = nn.ParameterList([nn.Parameter(s.clone()) for s in stages])
+
+    def forward(self, x, return_features=False):
+        z = self.z * 1.0
+        return (z, [s * 1.0 for s in self.stages]) if return_features else z
+
+
+def _tadml_peers(n=3, batch=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        f"peer{i}": FixedOutputs(
+            torch.randn(batch, 3, generator=g).tolist(),
+            [torch.randn(batch, 4, generator=g), torch.randn(batch, 5, generator=g)],
+        )
+        for i in range(1, n + 1)
+    }
+
+
+def test_tadml_topology_uses_the_last_stage_averaged_over_the_other_peers():
+    peers = _tadml_peers()
+    method = get_method("tadml")(peers, topo_k=2, lam_topo=2.0)
+    _, terms = _collect(method, torch.zeros(6, 1), torch.arange(6) % 3)
+    stages = {n: [pooled_embedding(s.detach()) for s in net.stages] for n, net in peers.items()}
+
+    def topo(stage, a, b):
+        return topology_loss(stages[a][stage], stages[b][stage], k=2, tau=0.1).item()
+
+    expected = 2.0 * 0.5 * (topo(-1, "peer1", "peer2") + topo(-1, "peer1", "peer3"))
+    first_stage = 2.0 * 0.5 * (topo(0, "peer1", "peer2") + topo(0, "peer1", "peer3"))
+    assert abs(first_stage - expected) > 0.05  # the example tells the stages apart
+    assert terms["peer1"]["topo"].item() == pytest.approx(expected, rel=1e-5)  # a sum: 2×
+    expected_3 = 2.0 * 0.5 * (topo(-1, "peer3", "peer1") + topo(-1, "peer3", "peer2"))
+    assert terms["peer3"]["topo"].item() == pytest.approx(expected_3, rel=1e-5)
 
 
 # -- no gradient through another network's terms ---------------------------------------------
@@ -396,4 +528,3 @@ def test_dml_matches_independent_when_lam_is_zero(digits, fast_config):
 def test_dml_is_registered_with_its_role():
     cls = get_method("dml")
     assert cls.role == "peer" and cls.min_networks == 2
-    assert kdlab is not None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 try:
     import tomllib
@@ -32,8 +33,25 @@ def _name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", match.group(1)).lower()
 
 
-def pyproject_names(text: str) -> set[str]:
-    return {_name(r) for r in tomllib.loads(text)["project"]["dependencies"]}
+def pyproject_names(text: str, extras: tuple[str, ...] = ()) -> set[str]:
+    """Package names of the core dependencies and of the ``extras`` named (an extra that lists
+    ``kdlab[...]`` itself contributes the extras it names, not kdlab)."""
+    project = tomllib.loads(text)["project"]
+    optional = project.get("optional-dependencies", {})
+    names, todo, seen = set(), list(extras), set()
+    for requirement in project["dependencies"]:
+        names.add(_name(requirement))
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for requirement in optional[extra]:
+            if _name(requirement) == _name(project["name"]):
+                todo += re.search(r"\[(.*)\]", requirement).group(1).replace(" ", "").split(",")
+            else:
+                names.add(_name(requirement))
+    return names
 
 
 def conda_names(text: str) -> set[str]:
@@ -71,15 +89,18 @@ dependencies:
       - nbval==0.11
 """
     assert conda_names(example) == {"torch", "scikit-learn", "pyyaml", "nbval"}
-    toml = '[project]\ndependencies = ["torch>=2.1", "scikit_learn", "PyYAML>=6", "nbval"]\n'
+    toml = '[project]\nname = "kdlab"\ndependencies = ["torch>=2.1", "scikit_learn", "PyYAML>=6", "nbval"]\n'
     assert pyproject_names(toml) == {"torch", "scikit-learn", "pyyaml", "nbval"}
+    toml += '[project.optional-dependencies]\na = ["x"]\nb = ["y", "kdlab[a]"]\nc = ["z"]\n'
+    assert pyproject_names(toml, ("b",)) == {"torch", "scikit-learn", "pyyaml", "nbval", "x", "y"}
 
 
 def test_pyproject_and_environment_yml_agree():
     environment = ROOT / "environment.yml"
     if not environment.exists():
         pytest.skip("no environment.yml in this checkout")
-    pip = pyproject_names((ROOT / "pyproject.toml").read_text())
+    # environment.yml is the core packages with the [lab] and [repro] extras.
+    pip = pyproject_names((ROOT / "pyproject.toml").read_text(), ("lab", "repro"))
     conda = conda_names(environment.read_text())
     assert pip, "pyproject.toml lists no dependencies"
     assert conda == pip, (
@@ -97,6 +118,41 @@ def test_environment_yml_installs_kdlab_and_the_same_python():
     python = [entry for entry in deps if isinstance(entry, str) and _name(entry) == "python"]
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     assert python == [f"python{requires}"]
+
+
+def _requirements(group: str | None = None) -> dict[str, Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    listed = project["dependencies"] if group is None else project["optional-dependencies"][group]
+    return {_name(r): Requirement(r) for r in listed}
+
+
+def test_core_dependencies_accept_colabs_kernel_packages():
+    # The set-up cell installs the core list on Colab: it must take ipywidgets 7.7 as well as 8
+    # and leave the kernel's packages alone (tests/test_colab.py resolves it against Colab's).
+    core = _requirements()
+    assert {"torch", "torchvision", "ipywidgets", "matplotlib", "tqdm"} <= set(core)
+    assert core["ipywidgets"].specifier.contains("7.7.1") and core["ipywidgets"].specifier.contains(
+        "8.1.5"
+    )
+    assert not {"ipykernel", "ipython", "jupyterlab", "notebook", "papermill", "nbval"} & set(core)
+
+
+def test_extras_are_layered():
+    lab, repro = _requirements("lab"), _requirements("repro")
+    assert {"jupyterlab", "ipykernel"} <= set(lab)
+    # ipykernel 7 leaves papermill/nbclient waiting on an idle kernel: the pin stays in [lab].
+    assert not lab["ipykernel"].specifier.contains("7.0.0") and lab["ipykernel"].specifier.contains(
+        "6.29.5"
+    )
+    assert {"papermill", "nbval", "submitit"} <= set(repro)
+    dev = pyproject_names((ROOT / "pyproject.toml").read_text(), ("dev",))
+    assert set(lab) | set(repro) | {"pytest", "ruff", "playwright"} <= dev
+
+
+def test_make_installs_the_dev_extra():
+    # make demo and make test install everything they need through one line.
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r'pip install -q -e "\.\[dev\]"', makefile)
 
 
 # --------------------------------------------------------------------------- notebooks

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -14,11 +13,12 @@ from kdlab.cli import main as cli_main
 from kdlab.train import NonFiniteLossError
 
 
-def _config(epochs: int = 3) -> kdlab.TrainConfig:
+def _config(epochs: int = 3, precision: str = "auto") -> kdlab.TrainConfig:
     # A step schedule whose milestone falls inside the run, so the scheduler state matters.
     return kdlab.TrainConfig(
-        epochs=epochs, batch_size=50, lr=0.05, schedule="step", milestones=(130,), device="cpu"
-    )
+        epochs=epochs, batch_size=50, lr=0.05, schedule="step", milestones=(130,), device="cpu",
+        precision=precision,
+    )  # fmt: skip
 
 
 def _without_time(rows):
@@ -36,24 +36,29 @@ def _metrics(path):
     return _without_time(json.loads(line) for line in lines)
 
 
-@pytest.mark.parametrize("method", ["independent", "kd"])
-def test_resume_equals_uninterrupted(digits, tmp_path, method):
+@pytest.mark.parametrize(
+    "method, precision",
+    [("independent", "fp32"), ("kd", "fp32"), ("independent", "bf16"), ("kd", "fp16"),
+     ("adml", "bf16")],
+)  # fmt: skip
+def test_resume_equals_uninterrupted(digits, tmp_path, method, precision):
     teacher = None
     if method == "kd":
         torch.manual_seed(0)
         teacher = kdlab.build_model("cnn_tiny", digits.num_classes, digits.in_channels)
     kwargs = dict(teacher=teacher, progress=False)
-    models = ["cnn_tiny", "cnn_tiny"] if method == "independent" else ["cnn_tiny"]
+    models = ["cnn_tiny"] if method == "kd" else ["cnn_tiny", "cnn_tiny"]
+    config = _config(precision=precision)
 
-    whole = kdlab.run(method, models, digits, config=_config(), out=tmp_path / "whole", **kwargs)
+    whole = kdlab.run(method, models, digits, config=config, out=tmp_path / "whole", **kwargs)
 
     part = tmp_path / "part"
-    first = kdlab.run(method, models, digits, config=_config(), out=part, stop_after=1, **kwargs)
+    first = kdlab.run(method, models, digits, config=config, out=part, stop_after=1, **kwargs)
     assert [r["epoch"] for r in first.history] == [1]
     assert not (part / "summary.json").exists() or _summary(part)["epochs_done"] == 1
     # The interrupted process is gone: a fresh run (another seed state) resumes from disk.
     torch.manual_seed(1234)
-    resumed = kdlab.run(method, models, digits, config=_config(), out=part, resume=True, **kwargs)
+    resumed = kdlab.run(method, models, digits, config=config, out=part, resume=True, **kwargs)
 
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
     assert _without_time(resumed.history) == _without_time(whole.history)
@@ -65,6 +70,14 @@ def test_resume_equals_uninterrupted(digits, tmp_path, method):
         other = resumed.method.networks[name].state_dict()
         for key, value in net.state_dict().items():
             assert torch.equal(value, other[key]), key
+    # ADML's discriminators too, and their learning rate followed the networks' schedule.
+    for name, module in whole.method.auxiliary.items():
+        other = resumed.method.auxiliary[name].state_dict()
+        assert all(torch.equal(v, other[k]) for k, v in module.state_dict().items()), name
+    state = torch.load(part / "checkpoint.pt", weights_only=True)
+    for name in whole.method.auxiliary:
+        lr = state["optimizers"][name]["param_groups"][0]["lr"]
+        assert lr == pytest.approx(0.1 * whole.method.params.disc_lr)
 
 
 def test_checkpoint_loads_with_weights_only(digits, tmp_path):
@@ -121,8 +134,3 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(digits, tmp_path, monkeyp
     # The kept checkpoint holds finite weights that resume from epoch 1.
     weights = state["method"]
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
-
-
-def test_config_is_plain_data():
-    # Checkpoint and config.json hold only plain values (weights_only loading relies on it).
-    assert json.loads(json.dumps(dataclasses.asdict(_config())))["epochs"] == 3

@@ -8,16 +8,27 @@ logging, evaluation, checkpoints. Adding a method = one file in ``kdlab/methods/
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
 Terms = dict[str, torch.Tensor]  # a network's named loss terms, e.g. {"ce": …, "kd": …}
-Update = Callable[[Mapping[str, Terms]], None]
-"""``update({name: terms, ...})``: the loop backpropagates the sum of every term of every named
-module and steps the optimizer of each named module (and no other)."""
+
+
+class Update(Protocol):
+    """``update({name: terms, ...}, also_step=())``, handed to :meth:`Method.training_step`.
+
+    The loop zeroes the gradients of every named module, backpropagates the sum of every term
+    of every named module, and steps the optimizer of each named module and of each module in
+    ``also_step`` (and no other). ``also_step`` is for a module with no loss term of its own
+    whose gradient comes through the named terms (kdml's adapters): name it there rather than
+    handing the loop an empty set of terms for it.
+    """
+
+    def __call__(self, terms: Mapping[str, Terms], *, also_step: Sequence[str] = ()) -> None: ...
+
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -67,7 +78,9 @@ class Method(nn.Module):
         networks: the networks the loop trains with its SGD and schedule, by role name
             (``net1``, ``peer1``, ``student``, ``teacher``…).
         frozen: networks that are evaluated but never trained (a pretrained teacher).
-        auxiliary: further trained modules with optimizers of their own (discriminators).
+        auxiliary: further trained modules with optimizers of their own (discriminators),
+            built by :meth:`auxiliary_optimizers`; the loop schedules their learning rates with
+            the same shape as the networks' (:mod:`kdlab.optim`) and saves them in checkpoints.
     """
 
     name: ClassVar[str] = "base"
@@ -109,7 +122,8 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def auxiliary_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """Optimizers of the ``auxiliary`` modules, by the same names."""
+        """Optimizers of the ``auxiliary`` modules, by the same names, at their initial learning
+        rates: the loop multiplies each rate by the schedule's factor every epoch."""
         return {}
 
     def check_batch_size(self, batch_size: int) -> None:

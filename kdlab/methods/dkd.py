@@ -16,8 +16,9 @@ class DecoupledKD(Method):
 
     ``TCKD = T²·KL(sg b_t ‖ b_s)`` on the binary split ``b = [p_gt, 1 − p_gt]`` of ``p^T``, and
     ``NCKD = T²·KL(sg p̂_t ‖ p̂_s)`` on the softmax over the non-target classes only
-    (:func:`kdlab.losses.dkd_terms`). ``warm(e) = min(e / warmup, 1)`` for epoch e counted from 1:
-    the distillation term ramps up linearly over the first ``warmup`` epochs.
+    (:func:`kdlab.losses.dkd_terms`). ``warm(e) = min(e / warmup, 1)`` for epoch e counted from 1
+    (as mdistiller's trainer counts them): the distillation term ramps up linearly over the first
+    ``warmup`` epochs.
 
     Defaults are mdistiller's (``mdistiller/distillers/DKD.py`` and ``mdistiller/engine/cfg.py``:
     ``CE_WEIGHT = 1.0, ALPHA = 1.0, BETA = 8.0, T = 4.0, WARMUP = 20``; the CIFAR-100

@@ -221,7 +221,8 @@ class TeacherAndPeers(Method):
             if p.teacher_learns_from_students:
                 own["back"] = p.lam_back * sum(mutual_kl(z_t, logits[s]) for s in self.students) / n
             terms = {"teacher": own, **terms}
-        if features:
-            terms["adapters"] = {}  # no terms of their own: their gradient comes from the students'
-        update(terms)
+        if features:  # the adapters have no terms of their own: their gradient is the students'
+            update(terms, also_step=("adapters",))
+        else:
+            update(terms)
         return {}

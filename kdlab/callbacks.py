@@ -1,0 +1,122 @@
+"""What the loop does around training, as callbacks: the progress bar and the run folder.
+
+A callback is anything called with ``(record, history)`` after every epoch (a live plot, for
+instance). The two here are that and a little more — :class:`LoopCallback` hooks for the
+start of the run, every batch and its end — and :func:`kdlab.fit` builds them itself from its
+``progress`` and ``out`` arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import TrainingState, save_network
+from .data import ImageDataset
+from .io import write_json, write_text
+
+__all__ = ["LoopCallback", "ProgressBar", "RunFolder"]
+
+
+class LoopCallback:
+    """A callback with hooks: ``start(history)`` before the first epoch (``history`` holds the
+    epochs a resumed run already has), ``batch()`` after every training step, the call
+    ``(record, history)`` after every epoch, ``end(run)`` after the last epoch and ``close()``
+    always, even when the run fails."""
+
+    def start(self, history: list[dict]) -> None:
+        pass
+
+    def batch(self) -> None:
+        pass
+
+    def __call__(self, record: dict, history: list[dict]) -> None:
+        pass
+
+    def end(self, run: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class ProgressBar(LoopCallback):
+    """A tqdm bar over the run's remaining batches, showing each network's last test accuracy."""
+
+    def __init__(self, description: str, epochs: int, steps_per_epoch: int) -> None:
+        self.description, self.epochs, self.steps = description, epochs, steps_per_epoch
+        self.bar = None
+
+    def start(self, history: list[dict]) -> None:
+        remaining = self.epochs - len(history)
+        if remaining > 0:
+            from tqdm.auto import tqdm
+
+            total = remaining * self.steps
+            self.bar = tqdm(total=total, desc=self.description, unit="batch", leave=True)
+
+    def batch(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def __call__(self, record: dict, history: list[dict]) -> None:
+        if self.bar is not None:
+            shown = {k[4:]: f"{v:.1f}" for k, v in record.items() if k.startswith("acc/")}
+            self.bar.set_postfix(shown, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class RunFolder(LoopCallback):
+    """The run's folder: ``config.json`` (at once), ``metrics.jsonl`` (one line per epoch, always
+    equal to the history: a resumed run drops unfinished epochs), ``checkpoint.pt`` (after every
+    epoch), and at the end ``summary.json`` and ``networks/<name>.pt`` for every network with an
+    architecture name."""
+
+    def __init__(
+        self,
+        out: Path,
+        state: TrainingState,
+        dataset: ImageDataset,
+        config: Any,
+        archs: dict[str, str],
+        used: dict[str, Any],
+    ) -> None:
+        """``config``: the run's :class:`~kdlab.TrainConfig`; ``archs``: the architecture of each
+        network by name; ``used``: the device, precision and layout the loop chose."""
+        self.out, self.state, self.dataset, self.archs = out, state, dataset, archs
+        self.checkpoint = out / "checkpoint.pt"
+        out.mkdir(parents=True, exist_ok=True)
+        method = state.method
+        write_json(
+            out / "config.json",
+            {
+                "method": method.name,
+                "params": dataclasses.asdict(method.params),
+                "archs": archs,
+                "dataset": dataset.name,
+                "train": dataclasses.asdict(config),
+                **used,
+            },
+        )
+
+    def start(self, history: list[dict]) -> None:
+        write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+
+    def __call__(self, record: dict, history: list[dict]) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.state.save(self.checkpoint, history)
+
+    def end(self, run: Any) -> None:
+        if not run.history:
+            return
+        write_json(self.out / "summary.json", run.summary)
+        for name, net in run.method.evaluated().items():
+            if name in self.archs:
+                path = self.out / "networks" / f"{name}.pt"
+                save_network(path, net, self.archs[name], self.dataset)
