@@ -17,7 +17,43 @@ from .checkpoint import TrainingState, save_network
 from .data import ImageDataset
 from .io import write_json, write_text
 
-__all__ = ["LoopCallback", "ProgressBar", "RunFolder"]
+__all__ = ["LoopCallback", "ProgressBar", "RunFolder", "RunMismatchError", "check_same_run"]
+
+# Settings that may change between an interrupted run and its resumption: where it runs and how
+# large the evaluation batches are change no trained number.
+_FREE_ON_RESUME = ("device", "eval_batch_size")
+
+
+class RunMismatchError(ValueError):
+    """A run folder holds a run with other settings than the one asked to resume it."""
+
+
+def check_same_run(out: Path, settings: dict[str, Any]) -> None:
+    """Raise :class:`RunMismatchError` when ``out/config.json`` was written with other method,
+    parameters, networks, dataset or training recipe than ``settings``: resuming it would mix
+    two experiments under one name (or hand back the old result for new settings)."""
+    path = out / "config.json"
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    wanted = json.loads(json.dumps(settings))  # tuples as lists, as they were saved
+    for section, value in wanted.items():
+        old = saved.get(section)
+        if isinstance(value, dict) and isinstance(old, dict):
+            keys = [k for k in {**old, **value} if section != "train" or k not in _FREE_ON_RESUME]
+            differ = [k for k in keys if old.get(k) != value.get(k)]
+            if differ:
+                k = differ[0]
+                _mismatch(out, f"{section}.{k}", old.get(k), value.get(k))
+        elif old != value:
+            _mismatch(out, section, old, value)
+
+
+def _mismatch(out: Path, key: str, old: Any, new: Any) -> None:
+    raise RunMismatchError(
+        f"{out} holds a run with {key} = {old!r}, not {new!r}: resume it with its own settings, "
+        "or use another folder (or resume=False to start it afresh)"
+    )
 
 
 class LoopCallback:
@@ -85,24 +121,26 @@ class RunFolder(LoopCallback):
         config: Any,
         archs: dict[str, str],
         used: dict[str, Any],
+        resuming: bool = False,
     ) -> None:
         """``config``: the run's :class:`~kdlab.TrainConfig`; ``archs``: the architecture of each
-        network by name; ``used``: the device, precision and layout the loop chose."""
+        network by name; ``used``: the device, precision and layout the loop chose;
+        ``resuming``: the run continues the checkpoint in ``out``, which must then have been
+        written with the same settings (:func:`check_same_run`)."""
         self.out, self.state, self.dataset, self.archs = out, state, dataset, archs
         self.checkpoint = out / "checkpoint.pt"
         out.mkdir(parents=True, exist_ok=True)
         method = state.method
-        write_json(
-            out / "config.json",
-            {
-                "method": method.name,
-                "params": dataclasses.asdict(method.params),
-                "archs": archs,
-                "dataset": dataset.name,
-                "train": dataclasses.asdict(config),
-                **used,
-            },
-        )
+        settings = {
+            "method": method.name,
+            "params": dataclasses.asdict(method.params),
+            "archs": archs,
+            "dataset": dataset.name,
+            "train": dataclasses.asdict(config),
+        }
+        if resuming:
+            check_same_run(out, settings)
+        write_json(out / "config.json", {**settings, **used})
 
     def start(self, history: list[dict]) -> None:
         write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))

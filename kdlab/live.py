@@ -33,6 +33,7 @@ __all__ = [
     "slider",
     "dropdown",
     "table",
+    "logit_losses_controls",
 ]
 
 
@@ -88,7 +89,8 @@ class LivePlot:
     ``track(label)`` returns the callback for :func:`kdlab.fit`; curves are named
     ``label/network``. With ``output`` (an ``ipywidgets.Output``) it draws there, otherwise
     into the notebook cell's output, replacing the previous drawing in place. ``metrics``
-    chooses the panels: any of ``"acc"``, ``"agree"``, ``"js"``.
+    chooses the panels: any of ``"acc"``, ``"agree"``, ``"js"``; ``networks`` (e.g.
+    ``("student",)``) limits the accuracy curves to those networks (default: every one).
 
     Rendering a figure costs about half a second on a laptop CPU, more than a small network's
     epoch on digits, so a tracked run skips redraws to keep drawing under ``max_share`` of the
@@ -103,6 +105,7 @@ class LivePlot:
         metrics: tuple[str, ...] = ("acc", "agree", "js"),
         title="",
         max_share: float = 0.2,
+        networks: tuple[str, ...] | None = None,
     ):
         if not 0 < max_share <= 1:
             raise ValueError(f"max_share must be in (0, 1], got {max_share}")
@@ -110,6 +113,7 @@ class LivePlot:
         self.metrics = metrics
         self.title = title
         self.max_share = max_share
+        self.networks = networks
         self.runs: dict[str, list[dict]] = {}
         self.draws = 0  # how many times the plot was drawn
         self._handle = None
@@ -131,7 +135,7 @@ class LivePlot:
         panels = [
             m
             for m in self.metrics
-            if any(k.startswith(f"{m}/") for rows in self.runs.values() for k in rows[-1:][0])
+            if any(k.startswith(f"{m}/") for rows in self.runs.values() if rows for k in rows[-1])
         ] or ["acc"]
         fig = Figure(figsize=(4.2 * len(panels), 3.2), layout="constrained")
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -148,7 +152,7 @@ class LivePlot:
             epochs = [r["epoch"] for r in rows]
             for key in rows[-1]:
                 kind, _, name = key.partition("/")
-                if kind not in panels:
+                if kind not in panels or (kind == "acc" and not self._shown(name)):
                     continue
                 ax = axes[panels.index(kind)]
                 style = "--" if name == "ensemble" else "-"
@@ -171,6 +175,9 @@ class LivePlot:
         if self.title:
             fig.suptitle(self.title, fontsize=11)
         return fig
+
+    def _shown(self, network: str) -> bool:
+        return self.networks is None or network in self.networks
 
     def update(self) -> None:
         """Draw the current plot now."""
@@ -228,8 +235,8 @@ def panel(draw: Callable[..., Figure], **controls):
     """A widget panel: every control drives ``draw(**values)``, whose Figure is redrawn.
 
     ``controls`` maps ``draw``'s keyword names to widgets (see :func:`slider`,
-    :func:`dropdown`). The notebook calls ``draw`` directly with the same names for the
-    headless path.
+    :func:`dropdown`), laid out four to a row. The notebook calls ``draw`` directly with the
+    same names for the headless path.
     """
     import ipywidgets as widgets
 
@@ -241,7 +248,9 @@ def panel(draw: Callable[..., Figure], **controls):
     for control in controls.values():
         control.observe(redraw, names="value")
     redraw()
-    box = widgets.VBox([widgets.HBox(list(controls.values())), figure])
+    items = list(controls.values())
+    rows = [widgets.HBox(items[i : i + 4]) for i in range(0, len(items), 4)]
+    box = widgets.VBox([*rows, figure])
     box.layout.flex_flow = "column"
     return box.add_class("kdlab-panel")
 
@@ -336,3 +345,44 @@ def table(rows: list[Mapping[str, Any]], floatfmt: str = ".2f") -> str:
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(cell(r.get(k, "")) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- beyond Hinton
+
+
+def logit_losses_controls(samples: int, **values) -> dict:
+    """The sliders of notebook 07's panel, by the keyword names of its plain function: every
+    weight and temperature of KD, DKD, DIST and KD with logit standardisation, and the test
+    sample (``samples`` to choose from). ``values`` are the starting values (the notebook's
+    parameters); the rest start at the methods' defaults. Hand them to :func:`panel`::
+
+        live.panel(draw_logit_losses, **live.logit_losses_controls(len(labels), dkd_beta=2.0))
+    """
+    start = {
+        "kd_alpha": 0.9, "kd_temperature": 4.0,
+        "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_temperature": 4.0,
+        "dist_beta": 2.0, "dist_gamma": 2.0, "dist_temperature": 4.0,
+        "ls_weight": 9.0, "ls_temperature": 2.0, "index": 0,
+    }  # fmt: skip
+    unknown = sorted(set(values) - set(start))
+    if unknown:
+        raise ValueError(f"unknown setting {unknown[0]!r}; known: {', '.join(start)}")
+    start.update(values)
+    ranges = {  # (low, high, step, label)
+        "kd_alpha": (0.0, 1.0, 0.05, "KD α"),
+        "kd_temperature": (0.5, 10.0, 0.5, "KD T"),
+        "dkd_alpha": (0.0, 4.0, 0.25, "DKD α"),
+        "dkd_beta": (0.0, 16.0, 0.5, "DKD β"),
+        "dkd_temperature": (0.5, 10.0, 0.5, "DKD T"),
+        "dist_beta": (0.0, 8.0, 0.25, "DIST β"),
+        "dist_gamma": (0.0, 8.0, 0.25, "DIST γ"),
+        "dist_temperature": (0.5, 10.0, 0.5, "DIST T"),
+        "ls_weight": (0.0, 20.0, 0.5, "LS weight"),
+        "ls_temperature": (0.5, 10.0, 0.5, "LS T"),
+    }
+    controls = {
+        name: slider(float(start[name]), low, max(high, float(start[name])), step, label)
+        for name, (low, high, step, label) in ranges.items()
+    }
+    controls["index"] = slider(int(start["index"]), 0, samples - 1, 1, "test sample")
+    return controls

@@ -26,6 +26,11 @@ __all__ = [
     "probability_distance",
     "topology_loss",
     "pooled_embedding",
+    "dkd_terms",
+    "pearson_correlation",
+    "dist_terms",
+    "standardize_logits",
+    "logit_std_kd_loss",
 ]
 
 
@@ -175,3 +180,117 @@ def topology_loss(
         log_q = F.log_softmax(_neighbour_logits(embedding, index, tau), dim=1)
         target = F.softmax(_neighbour_logits(peer, index, tau), dim=1)
         return F.kl_div(log_q, target, reduction="batchmean")
+
+
+# --------------------------------------------------------------------------- beyond Hinton
+# Modern logit distillation (METHODS.md §7). Each term is T²-scaled like kd_loss; the methods
+# apply the weights.
+
+
+def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "batchmean":
+        return per_sample.mean()
+    if reduction == "none":
+        return per_sample
+    raise ValueError(f"unknown reduction {reduction!r}; choose batchmean or none")
+
+
+def dkd_terms(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 4.0,
+    reduction: str = "batchmean",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DKD's two terms (Zhao et al. 2022): ``(T²·KL(sg b_t ‖ b_s), T²·KL(sg p̂_t ‖ p̂_s))``.
+
+    At temperature T, ``b = [p_gt, 1 − p_gt]`` is the binary split of ``p^T`` into the true
+    class and all the others (TCKD, target-class KD) and ``p̂`` is the softmax of ``z / T`` over
+    the non-target classes only (NCKD, non-target-class KD), ``p̂_c = p_c / (1 − p_gt)``.
+    The teacher is detached; KL runs from the teacher to the student, summed over the two
+    (resp. C − 1) entries and averaged over the batch (``reduction="none"``: one value per
+    sample). The weights α, β and the warm-up are the method's (:mod:`kdlab.methods.dkd`).
+
+    Hinton's term decomposes exactly, per sample:
+    ``T²·KL(p_t^T ‖ p_s^T) = TCKD + (1 − p_t,gt^T) · NCKD`` — KD is DKD with α = 1 and β set to
+    the teacher's non-target mass, so KD weakens NCKD exactly where the teacher is confident.
+    """
+    _check_temperature(temperature)
+    z_s = student_logits.float() / temperature
+    z_t = teacher_logits.detach().float() / temperature
+    gt = F.one_hot(labels, z_s.shape[1]).bool()
+
+    def split(z):
+        # log b = [log p_gt, log(1 − p_gt)] and log p̂ (−inf at the true class), all stable.
+        log_p = F.log_softmax(z, dim=1)
+        others = z.masked_fill(gt, -float("inf"))
+        log_rest = torch.logsumexp(others, dim=1) - torch.logsumexp(z, dim=1)
+        log_b = torch.stack([log_p[gt], log_rest], dim=1)
+        return log_b, F.log_softmax(others, dim=1)
+
+    log_b_s, log_hat_s = split(z_s)
+    log_b_t, log_hat_t = split(z_t)
+    tckd = (log_b_t.exp() * (log_b_t - log_b_s)).sum(dim=1)
+    nckd_entries = log_hat_t.exp() * (log_hat_t - log_hat_s)
+    nckd = torch.where(gt, torch.zeros_like(nckd_entries), nckd_entries).sum(dim=1)
+    scale = temperature**2
+    return _reduce(scale * tckd, reduction), _reduce(scale * nckd, reduction)
+
+
+def pearson_correlation(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Row-wise Pearson correlation ``ρ(a_i, b_i)`` of two B×N matrices (B values).
+
+    ``ρ = Σ_n (a_n − ā)(b_n − b̄) / (‖a − ā‖·‖b − b̄‖ + eps)``: the cosine of the centred rows,
+    with the authors' ``eps = 1e-8`` in the denominator (a constant row gives ρ = 0).
+    """
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def dist_terms(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DIST's two terms (Huang et al. 2022): ``(T²·inter, T²·intra)``.
+
+    With ``P_s = softmax(z_s / T)`` and ``P_t = sg softmax(z_t / T)`` (B × C):
+    inter-class ``= 1 − mean_i ρ(P_s[i, :], P_t[i, :])`` (each sample's ranking of the classes),
+    intra-class ``= 1 − mean_c ρ(P_s[:, c], P_t[:, c])`` (each class's ranking of the samples of
+    the batch; needs B ≥ 2). ρ is :func:`pearson_correlation` on probabilities, not logits.
+    No KL: a student matches the teacher's *relations*, not its values, so a student whose
+    probabilities are a positive affine map of the teacher's (per row) scores inter = 0. Each term is
+    multiplied by T² (METHODS.md §7); the weights β, γ are the method's.
+    """
+    _check_temperature(temperature)
+    p_s = F.softmax(student_logits.float() / temperature, dim=1)
+    p_t = F.softmax(teacher_logits.detach().float() / temperature, dim=1)
+    inter = 1 - pearson_correlation(p_s, p_t).mean()
+    intra = 1 - pearson_correlation(p_s.T, p_t.T).mean()
+    return temperature**2 * inter, temperature**2 * intra
+
+
+def standardize_logits(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """The per-sample z-score of logits, ``(z − mean_c z) / (std_c z + eps)`` (B × C).
+
+    ``std`` is the sample standard deviation over the C classes (Bessel's correction, divisor
+    C − 1, as ``torch.std``'s default in the authors' code), and ``eps = 1e-7`` is theirs.
+    Every row of the result has mean 0 and standard deviation 1 (up to eps): what is left is
+    the *shape* of the logits, not their offset or their scale.
+    """
+    z = logits.float()
+    return (z - z.mean(dim=1, keepdim=True)) / (z.std(dim=1, keepdim=True) + eps)
+
+
+def logit_std_kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0
+) -> torch.Tensor:
+    """KD on standardised logits (Sun et al. 2024): ``T²·KL(sg p̃_t^T ‖ p̃_s^T)``, batchmean.
+
+    ``p̃^T = softmax(standardize_logits(z) / T)`` for teacher and student alike: the student no
+    longer has to match the teacher's logit *range*, only their shape, and T (the base
+    temperature) acts on logits of unit spread. The teacher is detached. The weights are the
+    method's (:mod:`kdlab.methods.logit_std`).
+    """
+    return kd_loss(
+        standardize_logits(student_logits), standardize_logits(teacher_logits), temperature
+    )

@@ -242,7 +242,9 @@ def fit(
 
     ``resume=True`` continues from ``out/checkpoint.pt`` (:class:`kdlab.checkpoint.TrainingState`)
     to the same numbers an uninterrupted run gives; ``resume="auto"`` resumes when that
-    checkpoint exists and starts afresh otherwise (what a notebook run by a grid uses).
+    checkpoint exists and starts afresh otherwise (what a notebook run by a grid uses). A folder
+    written with other settings (method, parameters, networks, dataset, recipe) is not resumed:
+    :class:`kdlab.callbacks.RunMismatchError` names the first setting that differs.
     ``stop_after`` ends the run after that many epochs (an interruption, for tests). A NaN or
     infinite loss raises :class:`NonFiniteLossError` naming the network, the term and the epoch;
     the checkpoint of the last good epoch stays.
@@ -260,7 +262,7 @@ def fit(
     hooks: list[LoopCallback] = []
     if out is not None:
         used = {"device": str(device), "precision": precision.name, "channels_last": channels_last}
-        hooks.append(RunFolder(out, state, dataset, config, archs, used))
+        hooks.append(RunFolder(out, state, dataset, config, archs, used, resume_from is not None))
     if progress:
         hooks.append(ProgressBar(method.name, last_epoch, len(train_loader)))
     history = History(state.load(resume_from) if resume_from else [])

@@ -1,22 +1,22 @@
 """In-browser test of the notebooks: JupyterLab + headless Chromium (Playwright).
 
-For every ``notebooks/*.ipynb`` (sorted) this opens the notebook in a real
-JupyterLab, runs all cells with ``KDLAB_PROFILE=smoke`` and checks that
+For every ``notebooks/*.ipynb`` (sorted) this opens the notebook in a real JupyterLab, runs all
+cells with ``KDLAB_PROFILE=smoke`` and checks that
 
 1. no cell shows an error and no kernel-selection dialog appears;
-2. every widget renders (no "Loading widget..." / "Error displaying widget",
-   every ``.kdlab-panel`` visible);
-3. in every ``.kdlab-panel`` each slider and dropdown redraws the panel's
-   ``.kdlab-figure`` (within ``KDLAB_BROWSER_REDRAW_TIMEOUT``, default 30 s),
-   and each ``.kdlab-train`` button updates the panel's ``.kdlab-live`` plot
-   in place (training must finish within ``KDLAB_BROWSER_TRAIN_TIMEOUT``,
-   default 120 s);
-4. screenshots of the panel before/after every interaction are saved as
-   ``runs/browser/<notebook>__<widget>__before.png`` / ``__after.png``.
+2. every widget renders (no "Loading widget..." / "Error displaying widget", every
+   ``.kdlab-panel`` visible);
+3. every slider, dropdown, checkbox and button found on the page sits in a ``.kdlab-panel``;
+   each slider, dropdown and checkbox redraws its panel's ``.kdlab-figure`` (within
+   ``KDLAB_BROWSER_REDRAW_TIMEOUT``, default 30 s) and is put back; each ``.kdlab-train``
+   button updates the panel's ``.kdlab-live`` plot in place, and training finishes within
+   ``KDLAB_BROWSER_TRAIN_TIMEOUT`` (default 120 s);
+4. screenshots of the panel before/after every change are saved as
+   ``runs/browser/<notebook>__<control>__before.png`` / ``__after.png``.
 
-Run with ``pytest -m browser tests/test_browser.py``.  Set
-``KDLAB_BROWSER_ROOT`` to test another checkout (it needs a ``notebooks/``
-folder).  Skipped when Chromium or Playwright are unavailable.
+How each check waits, and the other settings, are in ``tests/browser/``. Run with
+``pytest -m browser tests/test_browser.py``; set ``KDLAB_BROWSER_ROOT`` to test another checkout
+(it needs a ``notebooks/`` folder). Skipped when Chromium or Playwright are unavailable.
 """
 
 from __future__ import annotations
@@ -29,36 +29,38 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import browser_support as bs  # noqa: E402
+from browser import config  # noqa: E402
+from browser.controls import Controls  # noqa: E402
+from browser.server import LabServer  # noqa: E402
+from browser.session import NotebookFailure, NotebookSession, new_page  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
-ROOT = bs.repo_root()
-NOTEBOOKS = bs.find_notebooks(ROOT)
-NO_NOTEBOOKS = "__no_notebooks__"
+ROOT = config.repo_root()
+NOTEBOOKS = config.find_notebooks(ROOT)
 
 
 def _params():
     if not NOTEBOOKS:
-        return [pytest.param(NO_NOTEBOOKS, id="no-notebooks")]
+        return [pytest.param(None, id="no-notebooks")]
     return [pytest.param(nb, id=nb.stem) for nb in NOTEBOOKS]
 
 
 @pytest.fixture(scope="module")
 def out_dir() -> Path:
-    out = bs.output_dir(ROOT)
+    out = config.output_dir(ROOT)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
 @pytest.fixture(scope="module")
 def lab_server(out_dir):
-    reason = bs.missing_browser_tooling()
+    reason = config.missing_browser_tooling()
     if reason:
         pytest.skip(f"browser test skipped: {reason}")
     if not NOTEBOOKS:
         pytest.skip(f"browser test skipped: no notebooks in {ROOT / 'notebooks'}")
-    server = bs.LabServer(ROOT, log_path=out_dir / "jupyterlab.log")
+    server = LabServer(ROOT, log_path=out_dir / "jupyterlab.log")
     try:
         server.check_kernelspec()
         server.start()
@@ -74,59 +76,51 @@ def browser(lab_server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        b = bs.launch_browser(pw)
+        b = config.launch_browser(pw)
         try:
             yield b
         finally:
             b.close()
 
 
+def _drive(session: NotebookSession) -> None:
+    """Open, run all, check outputs and widgets, exercise every control; print a summary."""
+    t0 = time.monotonic()
+    session.open()
+    run_s = session.run_all()
+    session.check_outputs()
+    widgets = session.check_widgets_render()
+    session.screenshot("executed")
+    interactions = Controls(session).exercise_all()
+    print(
+        f"\n[{session.stem}] run all: {run_s:.1f}s, {widgets['views']} widget output(s), "
+        f"{widgets['panels']} panel(s), {len(interactions)} control(s), "
+        f"total {time.monotonic() - t0:.1f}s"
+    )
+    for i in interactions:
+        print(f"  {'ok  ' if i.ok else 'FAIL'} {i.detail} ({i.seconds:.1f}s)")
+    failures = [i.detail for i in interactions if not i.ok]
+    if failures:
+        raise session.fail(f"{len(failures)} widget check(s) failed:\n- " + "\n- ".join(failures))
+
+
 @pytest.mark.parametrize("notebook", _params())
 def test_notebook_in_browser(notebook, lab_server, browser, out_dir):
-    if notebook == NO_NOTEBOOKS:  # pragma: no cover - the fixture skips first
-        pytest.skip(f"no notebooks in {ROOT / 'notebooks'}")
-    spec = bs.notebook_kernelspec(notebook)
-    if spec != bs.NOTEBOOK_KERNEL:
+    spec = config.notebook_kernelspec(notebook)
+    if spec != config.NOTEBOOK_KERNEL:
         pytest.fail(
-            f"notebook {notebook.name}: metadata.kernelspec.name is {spec!r}, "
-            f"expected '{bs.NOTEBOOK_KERNEL}' (JupyterLab would ask to select a kernel)",
+            f"notebook {notebook.name}: metadata.kernelspec.name is {spec!r}, expected "
+            f"'{config.NOTEBOOK_KERNEL}' (JupyterLab would ask to select a kernel)",
             pytrace=False,
         )
-
     for stale in out_dir.glob(f"{notebook.stem}__*.png"):
         stale.unlink()
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(30_000)
-    page = context.new_page()
-    session = bs.NotebookSession(page, lab_server, notebook, out_dir)
-    t0 = time.monotonic()
+    context, page = new_page(browser)
+    failure = None
     try:
-        # 1. open, run all cells, no errors, no kernel dialog
-        session.open()
-        run_s = session.run_all()
-        session.check_outputs()
-        session.reset_kernel_errors()
-        # 2. every widget rendered, every .kdlab-panel visible
-        widgets = session.check_widgets_render()
-        page.screenshot(path=str(out_dir / f"{notebook.stem}__executed.png"))
-        # 3./4. sliders, dropdowns and train buttons, with screenshots
-        interactions = session.exercise_panels()
-        failures = [i.detail for i in interactions if not i.ok]
-        print(
-            f"\n[{notebook.stem}] run all: {run_s:.1f}s, "
-            f"{widgets['views']} widget output(s), {widgets['panels']} panel(s), "
-            f"total {time.monotonic() - t0:.1f}s"
-        )
-        for i in interactions:
-            print(f"  {'ok  ' if i.ok else 'FAIL'} {i.detail} ({i.seconds:.1f}s)")
-        if failures:
-            raise session.fail(
-                f"{len(failures)} widget check(s) failed:\n- " + "\n- ".join(failures)
-            )
-    except bs.NotebookFailure as exc:
+        _drive(NotebookSession(page, lab_server, notebook, out_dir))
+    except NotebookFailure as exc:
         failure = str(exc)
-    else:
-        failure = None
     finally:
         try:
             context.close()

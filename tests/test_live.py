@@ -89,3 +89,24 @@ def test_fit_marks_its_last_epoch_and_the_live_plot_shows_it(digits, fast_config
     assert run.history.last_epoch == 3
     assert plot.draws == 2  # epoch 1 (nothing drawn yet) and epoch 3 (the last)
     assert [row["epoch"] for row in plot.runs["a"]] == [1, 2, 3]
+
+
+def test_a_tracked_run_that_never_reported_does_not_break_the_figure():
+    # A run resumed from a finished checkpoint calls no callback: its curve stays empty while
+    # later runs draw (notebook 07 re-run over an out_dir holding its teachers).
+    plot = live.LivePlot(metrics=("acc", "agree"))
+    plot.track("resumed")
+    plot.track("new")(
+        {"epoch": 1, "acc/student": 50.0}, History([{"epoch": 1, "acc/student": 50.0}])
+    )
+    fig = plot.figure()
+    assert len(fig.axes) == 1 and len(fig.axes[0].lines) == 1
+
+
+def test_networks_limits_the_accuracy_curves():
+    record = {"epoch": 1, "acc/teacher": 90.0, "acc/student": 50.0}
+    for networks, drawn in ((None, 2), (("student",), 1)):
+        plot = live.LivePlot(metrics=("acc",), networks=networks)
+        plot.track("kd")(record, History([record]))
+        lines = plot.figure().axes[0].lines
+        assert len(lines) == drawn and lines[-1].get_label() == "kd/student"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -134,3 +135,28 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(digits, tmp_path, monkeyp
     # The kept checkpoint holds finite weights that resume from epoch 1.
     weights = state["method"]
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_resume_refuses_a_folder_written_with_other_settings(digits, tmp_path):
+    """resume='auto' on a finished folder hands back its run: only when the settings are the
+    same. Another weight, network or recipe is an error naming the key; the device is free."""
+    out = tmp_path / "run"
+    models = ["cnn_tiny", "cnn_tiny"]
+    config = _config(epochs=1)
+    kwargs = dict(config=config, out=out, resume="auto", progress=False)
+    kdlab.run("dml", models, digits, lam=1.0, **kwargs)
+    again = kdlab.run("dml", models, digits, lam=1.0, **kwargs)  # finished: nothing retrained
+    assert [r["epoch"] for r in again.history] == [1]
+
+    with pytest.raises(kdlab.callbacks.RunMismatchError, match=r"params\.lam = 1\.0, not 2\.0"):
+        kdlab.run("dml", models, digits, lam=2.0, **kwargs)
+    with pytest.raises(kdlab.callbacks.RunMismatchError, match=r"train\.lr = 0\.05, not 0\.1"):
+        other = dict(kwargs, config=dataclasses.replace(config, lr=0.1))
+        kdlab.run("dml", models, digits, lam=1.0, **other)
+    with pytest.raises(
+        kdlab.callbacks.RunMismatchError, match=r"archs\.peer2 = .cnn_tiny., not .cnn_small."
+    ):
+        kdlab.run("dml", ["cnn_tiny", "cnn_small"], digits, lam=1.0, **kwargs)
+    moved = dict(kwargs, config=dataclasses.replace(config, device="auto", eval_batch_size=7))
+    kdlab.run("dml", models, digits, lam=1.0, **moved)  # where it runs changes no number
+    assert json.loads((out / "config.json").read_text())["params"]["lam"] == 1.0

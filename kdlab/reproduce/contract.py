@@ -6,8 +6,10 @@ A notebook that trains (numbered, with an ``out_dir`` parameter) has a cell tagg
 - every name of :data:`CONTRACT`, each defaulting to None ("take the profile's value");
 - its networks: ``models`` (a list, one per trained network) or ``student`` (a lone student),
   and ``teacher`` where its method has one;
-- every knob of its main method (:data:`METHOD_NOTEBOOKS` says which), named as in the
-  method's ``Params`` and with the same default.
+- every knob of its main method, named as in the method's ``Params`` and with the same
+  default, where :data:`METHOD_NOTEBOOKS` names it as a method's notebook (a notebook of several
+  methods with prefixed knobs, like 07, is not named there: a grid runs those methods through
+  the runner).
 
 With ``out_dir`` set, its main run of seed ``k`` is written to ``out_dir/<run_name>-seed<k>``
 (``run_name`` None: the notebook's own name for it) with ``resume="auto"``; a grid passes
