@@ -119,6 +119,11 @@ before=$(head -n 2 "$metrics")
 task=$(squeue -h -o %i | head -n 1)
 scontrol requeue "$task"
 echo "requeued task $task after $(wc -l < "$metrics") epochs"
+# SLURM holds a requeued job back for a while before it may start again; a test need not wait.
+for _ in $(seq 60); do
+  scontrol update jobid="$task" StartTime=now 2>/dev/null && break
+  sleep 0.5
+done
 wait "$grid" || { cat "$DIR/requeue.log"; exit 1; }
 restarts=$(scontrol show job -o "$task" | grep -o 'Restarts=[0-9]*')
 echo "$task: $restarts"
