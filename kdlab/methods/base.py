@@ -156,6 +156,41 @@ def _unknown_parameter(method: Method | type[Method], key: str) -> ValueError:
     return ValueError(f"unknown parameter {key!r} for method {method.name!r}; known: {known}")
 
 
+class FrozenTeacherMethod(Method):
+    """Offline distillation: students learn from a frozen, pretrained teacher (KD, DKD, DIST,
+    logit standardisation).
+
+    The teacher is put in ``frozen`` (eval mode, no gradient, never stepped) and forwarded once
+    per batch under ``torch.no_grad()``; each student gets the terms of :meth:`student_terms`,
+    which the subclass writes as its formula.
+    """
+
+    role = "student"
+    teacher_mode = "pretrained"
+
+    def __init__(self, networks: Mapping[str, nn.Module], teacher: nn.Module, **params: Any):
+        super().__init__(networks, **params)
+        teacher.requires_grad_(False)
+        self.frozen["teacher"] = teacher
+
+    def student_terms(
+        self, logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, epoch: int
+    ) -> Terms:
+        """One student's named loss terms; ``teacher_logits`` are already detached."""
+        raise NotImplementedError
+
+    def training_step(self, x, y, update, *, epoch=1, step=0):
+        with torch.no_grad():
+            teacher_logits = self.frozen["teacher"](x)
+        update(
+            {
+                name: self.student_terms(student(x), teacher_logits, y, epoch)
+                for name, student in self.networks.items()
+            }
+        )
+        return {}
+
+
 def make_params(method: Method | type[Method], given: Mapping[str, Any]):
     """Build ``method.Params`` from keyword values, with a one-line error for unknown names
     (a renamed parameter's error names its new name)."""

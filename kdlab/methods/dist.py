@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-
 from ..losses import cross_entropy, dist_terms
-from .base import Method, check_temperature, check_weight, register
+from .base import FrozenTeacherMethod, check_temperature, check_weight, register
 
 
 @register
-class DIST(Method):
+class DIST(FrozenTeacherMethod):
     """``L_s = w_ce·CE(y, z_s) + T²·(β·inter + γ·intra)`` (METHODS.md §7).
 
     With ``P = softmax(z / T)`` (B × C) and ρ the Pearson correlation:
@@ -34,8 +32,6 @@ class DIST(Method):
     """
 
     name = "dist"
-    role = "student"
-    teacher_mode = "pretrained"
 
     @dataclasses.dataclass
     class Params:
@@ -43,11 +39,6 @@ class DIST(Method):
         gamma: float = 2.0  # weight of the intra-class (per-class, across the batch) term
         temperature: float = 4.0
         ce_weight: float = 1.0
-
-    def __init__(self, networks, teacher: torch.nn.Module, **params):
-        super().__init__(networks, **params)
-        teacher.requires_grad_(False)
-        self.frozen["teacher"] = teacher
 
     def validate(self):
         for name in ("beta", "gamma", "ce_weight"):
@@ -61,18 +52,11 @@ class DIST(Method):
                 f"at least 2, and the smallest batch here has {batch_size}"
             )
 
-    def training_step(self, x, y, update, *, epoch=1, step=0):
+    def student_terms(self, logits, teacher_logits, y, epoch):
         p = self.params
-        with torch.no_grad():
-            teacher_logits = self.frozen["teacher"](x)
-        terms = {}
-        for name, student in self.networks.items():
-            logits = student(x)
-            inter, intra = dist_terms(logits, teacher_logits, p.temperature)
-            terms[name] = {
-                "ce": p.ce_weight * cross_entropy(logits, y),
-                "inter": p.beta * inter,
-                "intra": p.gamma * intra,
-            }
-        update(terms)
-        return {}
+        inter, intra = dist_terms(logits, teacher_logits, p.temperature)
+        return {
+            "ce": p.ce_weight * cross_entropy(logits, y),
+            "inter": p.beta * inter,
+            "intra": p.gamma * intra,
+        }

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-
 from ..losses import cross_entropy, dkd_terms
-from .base import Method, check_temperature, check_weight, register
+from .base import FrozenTeacherMethod, check_temperature, check_weight, register
 
 
 @register
-class DecoupledKD(Method):
+class DecoupledKD(FrozenTeacherMethod):
     """``L_s = w_ce·CE(y, z_s) + warm(e)·(α·TCKD + β·NCKD)`` (METHODS.md §7).
 
     ``TCKD = T²·KL(sg b_t ‖ b_s)`` on the binary split ``b = [p_gt, 1 − p_gt]`` of ``p^T``, and
@@ -29,8 +27,6 @@ class DecoupledKD(Method):
     """
 
     name = "dkd"
-    role = "student"
-    teacher_mode = "pretrained"
 
     @dataclasses.dataclass
     class Params:
@@ -39,11 +35,6 @@ class DecoupledKD(Method):
         temperature: float = 4.0
         warmup: int = 20  # epochs over which the distillation weight ramps from 1/warmup to 1
         ce_weight: float = 1.0
-
-    def __init__(self, networks, teacher: torch.nn.Module, **params):
-        super().__init__(networks, **params)
-        teacher.requires_grad_(False)
-        self.frozen["teacher"] = teacher
 
     def validate(self):
         for name in ("alpha", "beta", "ce_weight"):
@@ -56,19 +47,11 @@ class DecoupledKD(Method):
         """``min(epoch / warmup, 1)``: the distillation weight in ``epoch`` (from 1)."""
         return min(epoch / self.params.warmup, 1.0)
 
-    def training_step(self, x, y, update, *, epoch=1, step=0):
-        p = self.params
-        warm = self.warm(epoch)
-        with torch.no_grad():
-            teacher_logits = self.frozen["teacher"](x)
-        terms = {}
-        for name, student in self.networks.items():
-            logits = student(x)
-            tckd, nckd = dkd_terms(logits, teacher_logits, y, p.temperature)
-            terms[name] = {
-                "ce": p.ce_weight * cross_entropy(logits, y),
-                "tckd": warm * p.alpha * tckd,
-                "nckd": warm * p.beta * nckd,
-            }
-        update(terms)
-        return {}
+    def student_terms(self, logits, teacher_logits, y, epoch):
+        p, warm = self.params, self.warm(epoch)
+        tckd, nckd = dkd_terms(logits, teacher_logits, y, p.temperature)
+        return {
+            "ce": p.ce_weight * cross_entropy(logits, y),
+            "tckd": warm * p.alpha * tckd,
+            "nckd": warm * p.beta * nckd,
+        }

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-
 from ..losses import cross_entropy, logit_std_kd_loss
-from .base import Method, check_temperature, check_weight, register
+from .base import FrozenTeacherMethod, check_temperature, check_weight, register
 
 
 @register
-class LogitStandardKD(Method):
+class LogitStandardKD(FrozenTeacherMethod):
     """``L_s = w_ce·CE(y, z_s) + w_kd·T²·KL(sg p̃_t^T ‖ p̃_s^T)`` (METHODS.md §7).
 
     ``p̃^T = softmax(Z(z) / T)`` with ``Z(z) = (z − mean_c z) / (std_c z + 1e-7)`` the per-sample
@@ -29,8 +27,6 @@ class LogitStandardKD(Method):
     """
 
     name = "kd_ls"
-    role = "student"
-    teacher_mode = "pretrained"
 
     @dataclasses.dataclass
     class Params:
@@ -38,26 +34,14 @@ class LogitStandardKD(Method):
         ce_weight: float = 0.1
         temperature: float = 2.0  # the base temperature, on logits of unit spread
 
-    def __init__(self, networks, teacher: torch.nn.Module, **params):
-        super().__init__(networks, **params)
-        teacher.requires_grad_(False)
-        self.frozen["teacher"] = teacher
-
     def validate(self):
         check_weight("kd_weight", self.params.kd_weight)
         check_weight("ce_weight", self.params.ce_weight)
         check_temperature("temperature", self.params.temperature)
 
-    def training_step(self, x, y, update, *, epoch=1, step=0):
+    def student_terms(self, logits, teacher_logits, y, epoch):
         p = self.params
-        with torch.no_grad():
-            teacher_logits = self.frozen["teacher"](x)
-        terms = {}
-        for name, student in self.networks.items():
-            logits = student(x)
-            terms[name] = {
-                "ce": p.ce_weight * cross_entropy(logits, y),
-                "kd": p.kd_weight * logit_std_kd_loss(logits, teacher_logits, p.temperature),
-            }
-        update(terms)
-        return {}
+        return {
+            "ce": p.ce_weight * cross_entropy(logits, y),
+            "kd": p.kd_weight * logit_std_kd_loss(logits, teacher_logits, p.temperature),
+        }
