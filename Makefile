@@ -24,8 +24,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check kdlab tests notebooks
 	$(PY) -m kdlab.nbtools --check
 
+# One worker per core, a test file per worker (its tests share module-level set-up). The notebooks
+# stay serial: two kernels training at once on two cores are slower than one after the other.
 test-unit: $(STAMP)
-	KDLAB_PROFILE=smoke $(PY) -m pytest -m "not browser" tests
+	KDLAB_PROFILE=smoke $(PY) -m pytest -m "not browser" -n auto --dist loadfile tests
 
 test-notebooks: $(STAMP)
 	KDLAB_PROFILE=smoke $(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks
