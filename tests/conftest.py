@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,3 +28,13 @@ def fast_config():
     return kdlab.TrainConfig(
         epochs=2, batch_size=50, lr=0.05, schedule="cosine", device="cpu", seed=0
     )
+
+
+@pytest.fixture
+def kernel_environment(monkeypatch):
+    """The environment a notebook kernel started by a test inherits (it is a child process):
+    this checkout first on the path, one intra-op thread, the smoke profile, no display."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("KDLAB_PROFILE", "smoke")
+    monkeypatch.setenv("MPLBACKEND", "Agg")

@@ -12,12 +12,8 @@ NOTEBOOK = ROOT / "notebooks" / "07_beyond_hinton.ipynb"
 
 
 @pytest.mark.notebook
-def test_every_method_knob_reaches_its_run(tmp_path, monkeypatch):
+def test_every_method_knob_reaches_its_run(tmp_path, kernel_environment):
     papermill = pytest.importorskip("papermill")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("KDLAB_PROFILE", "smoke")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     out_dir = tmp_path / "runs"
     given = {
         "kd_alpha": 0.7,

@@ -77,14 +77,8 @@ def test_the_contract_test_catches_a_missing_knob(tmp_path):
 
 
 @pytest.mark.notebook
-def test_papermill_parameters_take_effect(tmp_path, monkeypatch):
+def test_papermill_parameters_take_effect(tmp_path, kernel_environment):
     papermill = pytest.importorskip("papermill")
-    # The kernel is a child process: it inherits the environment (this checkout first on the
-    # path, one intra-op thread, the smoke profile).
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("KDLAB_PROFILE", "smoke")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     out_dir = tmp_path / "runs"
     executed = tmp_path / "executed.ipynb"
     recipe = {"epochs": 2, "batch_size": 40, "lr": 0.02, "schedule": "step", "milestones": [1],
