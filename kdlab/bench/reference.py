@@ -60,6 +60,15 @@ def _sgd(net: nn.Module) -> torch.optim.Optimizer:
     )
 
 
+def _backward_and_step(loss: torch.Tensor, *optimizers: torch.optim.Optimizer) -> None:
+    """The plain PyTorch update: zero the gradients, backward, step each optimizer."""
+    for opt in optimizers:
+        opt.zero_grad()
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+
+
 def _kl(z: torch.Tensor, z_target: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(sg p_target^T ‖ p^T), batchmean."""
     return F.kl_div(
@@ -75,9 +84,7 @@ def _reference_independent(nets, teacher):
 
     def step(x, y):
         loss = F.cross_entropy(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        _backward_and_step(loss, opt)
 
     return step
 
@@ -92,9 +99,7 @@ def _reference_kd(nets, teacher, alpha: float = 0.9, temperature: float = 4.0):
             t = teacher(x)
         z = student(x)
         loss = (1 - alpha) * F.cross_entropy(z, y) + alpha * temperature**2 * _kl(z, t, temperature)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        _backward_and_step(loss, opt)
 
     return step
 
@@ -107,11 +112,7 @@ def _reference_dml(nets, teacher):
         z1, z2 = net1(x), net2(x)
         loss1 = F.cross_entropy(z1, y) + _kl(z1, z2)
         loss2 = F.cross_entropy(z2, y) + _kl(z2, z1)
-        opt1.zero_grad()
-        opt2.zero_grad()
-        (loss1 + loss2).backward()
-        opt1.step()
-        opt2.step()
+        _backward_and_step(loss1 + loss2, opt1, opt2)
 
     return step
 
@@ -166,11 +167,7 @@ def _reference_tadml(nets, teacher, lam_adv: float = 0.1, lam_topo: float = 1.0)
             + bce(d2(z1.detach()), ones)
             + bce(d2(z2.detach()), zeros)
         )
-        opt_d1.zero_grad()
-        opt_d2.zero_grad()
-        loss_d.backward()
-        opt_d1.step()
-        opt_d2.step()
+        _backward_and_step(loss_d, opt_d1, opt_d2)
         # Peers: CE + JS + fool the own discriminator + agree on the peer's local topology.
         d1.requires_grad_(False)
         d2.requires_grad_(False)
@@ -188,11 +185,7 @@ def _reference_tadml(nets, teacher, lam_adv: float = 0.1, lam_topo: float = 1.0)
         )
         d1.requires_grad_(True)
         d2.requires_grad_(True)
-        opt1.zero_grad()
-        opt2.zero_grad()
-        (loss1 + loss2).backward()
-        opt1.step()
-        opt2.step()
+        _backward_and_step(loss1 + loss2, opt1, opt2)
 
     return step
 
