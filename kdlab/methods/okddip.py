@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import kd_loss, pooled_embedding
-from ..models.branches import BranchView, branch_names, the_branched_network
+from ..losses import kd_loss
+from ..models.branches import BranchView, branch_names, global_pool, the_branched_network
 from .base import Edge, Method, check_temperature, check_weight, rampup_weight, register
 
 __all__ = ["PeerAttention", "DiversePeers", "soft_kl"]
@@ -126,7 +126,7 @@ class DiversePeers(Method):
     def targets(self, logits: torch.Tensor, maps: list[torch.Tensor]) -> torch.Tensor:
         """The peers' targets ``Σ_j a_ij sg z_j`` (B × n × C logits), n = m − 1 peers."""
         n = logits.shape[1] - 1
-        h = torch.stack([pooled_embedding(f.detach()) for f in maps[:n]], dim=1)
+        h = torch.stack([global_pool(f.detach()) for f in maps[:n]], dim=1)
         attention = self.networks["attention"](h)  # B × n × n, rows sum to 1
         return torch.bmm(attention, logits[:, :n].detach().float())
 

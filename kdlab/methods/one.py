@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import kd_loss, pooled_embedding
-from ..models.branches import BranchView, branch_names, the_branched_network
+from ..losses import kd_loss
+from ..models.branches import BranchView, branch_names, global_pool, the_branched_network
 from .base import Edge, Method, check_temperature, check_weight, rampup_weight, register
 
 __all__ = ["Gate", "GatedEnsemble", "OnTheFlyNativeEnsemble", "gated_logits"]
@@ -31,7 +31,7 @@ class Gate(nn.Module):
         self.bn = nn.BatchNorm1d(branches)
 
     def forward(self, trunk: torch.Tensor) -> torch.Tensor:
-        scores = F.relu(self.bn(self.fc(pooled_embedding(trunk))))
+        scores = F.relu(self.bn(self.fc(global_pool(trunk))))
         return F.softmax(scores.float(), dim=1)  # B × m: one weight per branch
 
 

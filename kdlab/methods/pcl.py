@@ -9,8 +9,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from ..losses import kd_loss, pooled_embedding
-from ..models.branches import BranchView, branch_names, the_branched_network
+from ..losses import kd_loss
+from ..models.branches import BranchView, branch_names, global_pool, the_branched_network
 from .base import (
     Edge,
     Method,
@@ -46,7 +46,7 @@ class PeerEnsembleTeacher(nn.Module):
 
     def forward(self, x) -> torch.Tensor:
         _, _, maps = self.net(x, return_features=True)
-        return self.head(torch.cat([pooled_embedding(f) for f in maps], dim=1))
+        return self.head(torch.cat([global_pool(f) for f in maps], dim=1))
 
     def member_parameters(self) -> list[nn.Parameter]:
         return [*self.net.parameters(), *self.head.parameters()]
@@ -149,7 +149,7 @@ class PeerCollaboration(Method):
         inputs = as_views(x, self.views)
         inputs = tuple(inputs) if self.views > 1 else inputs[0]
         logits, _, maps = self.net(inputs, return_features=True)
-        z_en = self.networks["head"](torch.cat([pooled_embedding(f) for f in maps], dim=1))
+        z_en = self.networks["head"](torch.cat([global_pool(f) for f in maps], dim=1))
         with torch.no_grad():
             z_mean = self.mean(inputs)
         return logits, z_en, z_mean

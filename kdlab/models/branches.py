@@ -50,7 +50,10 @@ from torch import nn
 from . import register_pattern
 from .cifar import _cifar_resnet, _init_weights, _simple_cnn_builder, _StagedNet, _wide_resnet
 
-__all__ = ["BranchedNet", "BranchView", "branch_names", "is_branched", "the_branched_network"]
+__all__ = [
+    "BranchedNet", "BranchView", "branch_names", "global_pool", "is_branched",
+    "the_branched_network",
+]  # fmt: skip
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -162,6 +165,12 @@ class BranchView(nn.Module):
     def member_parameters(self) -> list[nn.Parameter]:
         """What the deployed branch keeps: the trunk and this branch."""
         return self.net.branch_parameters(self.index)
+
+
+def global_pool(feature_map: torch.Tensor) -> torch.Tensor:
+    """``mean_{x,y} f``: B × C × H × W → B × C, what a branch's classifier reads (not
+    normalised, unlike :func:`kdlab.losses.pooled_embedding`)."""
+    return feature_map.flatten(2).mean(2)
 
 
 def is_branched(net: nn.Module) -> bool:
