@@ -244,7 +244,7 @@ MUTATIONS = [
         "pcl-ema-no-warm-up",
         "PCL's temporal means at decay 0.999 from the first step (no true mean at first)",
         ONLINE.format("pcl"),
-        "alpha = (1.0 - 1.0 / (updates + 1.0)).clamp(max=self.params.ema_decay).float()",
+        "alpha = (1.0 - 1.0 / (updates + 1.0)).clamp(max=self.params.ema_decay)",
         "alpha = torch.tensor(self.params.ema_decay)",
         ONLINE_TESTS,
     ),

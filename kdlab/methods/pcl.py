@@ -162,8 +162,8 @@ class PeerCollaboration(Method):
         """One step of the temporal mean towards the network's current weights:
         ``mean ← α·mean + (1 − α)·weights``, α = :func:`ema_decay` (computed on the device from
         the update counter, a buffer that checkpoints keep, so the step needs no host sync)."""
-        updates = self.ema_updates.double()
-        alpha = (1.0 - 1.0 / (updates + 1.0)).clamp(max=self.params.ema_decay).float()
+        updates = self.ema_updates.float()  # exact to 2^24 updates; MPS has no float64
+        alpha = (1.0 - 1.0 / (updates + 1.0)).clamp(max=self.params.ema_decay)
         for mean_p, p in zip(self.mean.parameters(), self.net.parameters(), strict=True):
             mean_p.mul_(alpha).add_(p.detach() * (1.0 - alpha))
         self.ema_updates += 1
