@@ -36,11 +36,11 @@ def check_same_run(out: Path, settings: dict[str, Any]) -> None:
     path = out / "config.json"
     if not path.exists():
         return
-    saved = read_json(
-        path,
-        say("kdlab cannot check that the run you resume has its settings: delete the file to "
-            "resume with the settings you give, or start afresh with {overwrite}"),
-    )  # fmt: skip
+    advice = say("kdlab cannot check that the run you resume has its settings: delete the file "
+                 "to resume with the settings you give, or start afresh with {overwrite}")  # fmt: skip
+    saved = read_json(path, advice)
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} is not a kdlab run's config.json (no settings in it); {advice}")
     wanted = json.loads(json.dumps(settings))  # tuples as lists, as they were saved
     for section, value in wanted.items():
         old = saved.get(section)

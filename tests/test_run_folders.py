@@ -236,8 +236,21 @@ def _truncated(path: Path) -> bytes:
         ("checkpoint.pt", _truncated, "(truncated, or not written by torch.save)"),
         ("config.json", lambda p: b"", "is damaged (empty)"),
         ("config.json", _truncated, "is damaged (not valid JSON, line"),
+        (
+            "checkpoint.pt",
+            lambda p: (p.parent / "networks" / "net1.pt").read_bytes(),
+            "is not a training checkpoint (no 'method')",
+        ),
+        ("config.json", lambda p: b"[]", "is not a kdlab run's config.json"),
     ],
-    ids=["empty-checkpoint", "truncated-checkpoint", "empty-config", "truncated-config"],
+    ids=[
+        "empty-checkpoint",
+        "truncated-checkpoint",
+        "empty-config",
+        "truncated-config",
+        "network-as-checkpoint",
+        "list-as-config",
+    ],
 )
 def test_a_damaged_file_is_one_line_naming_it(finished_run, tmp_path, capsys, name, damage, said):
     out = tmp_path / "run"
