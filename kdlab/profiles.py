@@ -123,10 +123,11 @@ class Profile:
 
 
 # A profile sized for a GPU (lab: CIFAR-10) falls back to its CPU set-up when asked for more
-# than this many training images per network on a CPU (two epochs of CIFAR-10): a ResNet-20
-# trains at CPU_IMAGES_PER_SECOND on a CPU — 50 measured on 2 shared cores of an AMD EPYC in
-# fp32, about 700 on 2 idle cores of a Xeon with AMX in bf16 (README, Performance) —, so a few
-# epochs take minutes to an hour, and the lab profile's 15 epochs of 50,000 images, each of a
+# than this many training images per network on a CPU (two epochs of CIFAR-10). A ResNet-20
+# trains at CPU_IMAGES_PER_SECOND on a CPU: 50 was measured on 2 shared cores of an AMD EPYC in
+# fp32 (2026-11-30); the README's Performance table has a ResNet-32 at 405 (fp32) to 721 (bf16)
+# images/s on 2 idle cores of a Xeon with AMX, and a ResNet-20 is faster. So two epochs take
+# minutes to half an hour, and the lab profile's 15 epochs of 50,000 images, for each of a
 # notebook's runs and seeds, 20 minutes to 4 hours.
 CPU_IMAGE_BUDGET = 100_000
 CPU_IMAGES_PER_SECOND = (50, 700)
