@@ -223,6 +223,14 @@ MUTATIONS = [
         FOLDER_TESTS,
     ),
     Mutation(
+        "grids-mix-in-one-folder",
+        "a grid run into another grid's folder: both grids' cells in one results table",
+        "kdlab/reproduce/execute.py",
+        "    _check_grid_folder(out, grid.name)",
+        "    pass",
+        FOLDER_TESTS,
+    ),
+    Mutation(
         "dry-run-builds-nothing",
         "a grid's cells are not built before they run: lam: -1 passes the dry run",
         "kdlab/reproduce/grid.py",

@@ -319,3 +319,24 @@ def test_a_bad_device_is_one_line_before_anything_runs(
     assert not out.exists()  # no teacher trained, nothing written
     with pytest.raises(ValueError, match="device='auto'"):  # the Python API's words
         kdlab.train.pick_device(device)
+
+
+def test_a_grid_folder_holds_one_grid(tmp_path, monkeypatch, capsys):
+    """Another grid's folder, a training's run folder and the current directory are refused
+    before anything runs: two grids' cells in one folder would mix in one results table."""
+    grid = tmp_path / "other.yaml"
+    grid.write_text("profile: smoke\nexperiments: [{method: independent, models: [cnn_tiny]}]\n")
+    smoke = tmp_path / "smoke"
+    smoke.mkdir()
+    (smoke / "grid.json").write_text('{"name": "smoke"}')
+    assert main(["reproduce", str(grid), "--out", str(smoke)]) == 2
+    assert "holds the results of the grid 'smoke', not 'other'" in _one_error_line(capsys)
+    assert sorted(p.name for p in smoke.iterdir()) == ["grid.json"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    assert main(["reproduce", str(grid), "--out", str(run)]) == 2
+    assert "holds a training's run (config.json)" in _one_error_line(capsys)
+    monkeypatch.chdir(tmp_path / "smoke")
+    assert main(["reproduce", str(grid), "--out", ""]) == 2
+    assert "is the current directory" in _one_error_line(capsys)
