@@ -151,8 +151,8 @@ MUTATIONS = [
     ),
     Mutation(
         "resume-student-phase-strictly",
-        "a run whose teacher trains first resumes its student phase with resume=True: cut in the "
-        "teacher phase, it can never be resumed ('nothing to resume')",
+        "the phases of a run whose teacher trains first each claim the folder with the run's own "
+        "resume: the student phase refuses the folder its teacher phase wrote",
         "kdlab/reproduce/contract.py",
         'resume, overwrite = "auto", False  # each phase continues its own part',
         "overwrite = False",
