@@ -263,6 +263,22 @@ MUTATIONS = [
         "labels.append(0)",
         ("tests/test_tinyimagenet.py",),
     ),
+    Mutation(
+        "auroc-other-class",
+        "AUROC ranks by the other class's probability, not the positive class's",
+        METRICS,
+        "binary_auroc(probabilities[:, positive], (labels == positive).long())",
+        "binary_auroc(probabilities[:, 1 - positive], (labels == positive).long())",
+        ("tests/test_unbalanced_metrics.py",),
+    ),
+    Mutation(
+        "balanced-accuracy-is-accuracy",
+        "balanced accuracy computed as plain accuracy (micro average)",
+        METRICS,
+        'num_classes=classes, average="macro")\n',
+        'num_classes=classes, average="micro")\n',
+        ("tests/test_unbalanced_metrics.py",),
+    ),
 ]
 
 
