@@ -286,3 +286,29 @@ def test_each_method_trains_through_the_loop(digits, fast_config, method, params
         and last["acc/teacher"] == teacher.history[-1]["acc/net1"]
     )
     assert all(math.isfinite(v) for k, v in last.items() if k.startswith("loss/"))
+
+
+def test_a_resumed_fitnet_run_equals_an_uninterrupted_one(digits, tmp_path):
+    """The regressor, its optimizer and its schedule are in the checkpoint: stopped after one
+    epoch of its two-stage schedule and resumed, FitNet ends where the whole run ends."""
+    config = kdlab.TrainConfig(epochs=3, batch_size=50, lr=0.05, schedule="step",
+                               milestones=(130,), device="cpu", precision="fp32")  # fmt: skip
+    torch.manual_seed(0)
+    teacher = build_model("cnn_small", digits.num_classes, digits.in_channels)
+    kwargs = dict(teacher=teacher, config=config, progress=False, stages=2, hint_epochs=1)
+    whole = kdlab.run("fitnet", ["cnn_tiny"], digits, out=tmp_path / "whole", **kwargs)
+    kdlab.run("fitnet", ["cnn_tiny"], digits, out=tmp_path / "part", stop_after=1, **kwargs)
+    torch.manual_seed(1234)
+    resumed = kdlab.run("fitnet", ["cnn_tiny"], digits, out=tmp_path / "part", resume=True,
+                        **kwargs)  # fmt: skip
+
+    def plain(history):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+    assert plain(resumed.history) == plain(whole.history)
+    assert "loss/student/hint" in whole.history[0] and "loss/student/kd" in whole.history[1]
+    a = whole.method.auxiliary["regressors"].state_dict()
+    b = resumed.method.auxiliary["regressors"].state_dict()
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+    state = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    assert state["optimizers"]["regressors"]["param_groups"][0]["lr"] == pytest.approx(0.005)
