@@ -37,10 +37,16 @@ TADML = "kdlab/methods/tadml.py"
 CLASSIFICATION = "kdlab/tasks/classification.py"
 METRICS = "kdlab/metrics.py"
 MUTUAL_TESTS = ("tests/test_mutual.py",)
+FOLDER_TESTS = ("tests/test_run_folders.py",)
+COMMAND_TESTS = ("tests/test_newcomer_commands.py",)
+METRIC_TESTS = ("tests/test_metrics.py", "tests/test_kdml.py")
 ONLINE = "kdlab/methods/{}.py"
 ONLINE_TESTS = ("tests/test_online_family.py",)
 BRANCH_TESTS = ("tests/test_branches.py",)
-METRIC_TESTS = ("tests/test_metrics.py", "tests/test_kdml.py")
+FITNET = "kdlab/methods/fitnet.py"
+FSP = "kdlab/methods/fsp.py"
+TINY = "kdlab/data/tinyimagenet.py"
+TABLE7_TESTS = ("tests/test_table7_methods.py",)
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,239 @@ MUTATIONS = [
         "return (0.5 * (kl(p) + kl(q))).clamp_min(0.0)",
         "return (0.25 * (kl(p) + kl(q))).clamp_min(0.0)",
         METRIC_TESTS,
+    ),
+    Mutation(
+        "resume-student-phase-strictly",
+        "the phases of a run whose teacher trains first each claim the folder with the run's own "
+        "resume: the student phase refuses the folder its teacher phase wrote",
+        "kdlab/reproduce/contract.py",
+        'resume, overwrite = "auto", False  # each phase continues its own part',
+        "overwrite = False",
+        FOLDER_TESTS,
+    ),
+    Mutation(
+        "run-folder-overwritten-silently",
+        "a run written into a folder that holds another run, without resume or overwrite",
+        "kdlab/runfolder.py",
+        '    raise RunExistsError(\n        say("{out} holds a run already',
+        '    return "start"\n    raise RunExistsError(\n        say("{out} holds a run already',
+        FOLDER_TESTS,
+    ),
+    Mutation(
+        "overwrite-keeps-old-files",
+        "overwrite writes the new run over the old one instead of clearing the folder",
+        "kdlab/runfolder.py",
+        "            clear(out)",
+        "            pass",
+        FOLDER_TESTS,
+    ),
+    Mutation(
+        "damaged-checkpoint-traceback",
+        "an empty or truncated checkpoint.pt reaches the user as torch's EOFError/RuntimeError",
+        "kdlab/checkpoint.py",
+        "    except Exception as error:  # EOFError (empty), RuntimeError (truncated zip)",
+        "    except OSError as error:  # EOFError (empty), RuntimeError (truncated zip)",
+        FOLDER_TESTS,
+    ),
+    Mutation(
+        "damaged-json-unnamed",
+        "a corrupt config.json gives the JSON parser's message, which names no file",
+        "kdlab/io.py",
+        "    except json.JSONDecodeError as error:",
+        "    except TypeError as error:",
+        FOLDER_TESTS,
+    ),
+    Mutation(
+        "device-unchecked",
+        "a device name handed to torch unchecked: 'foo' or a missing CUDA ends in a traceback",
+        "kdlab/train.py",
+        '    choose = say("choose {device=auto}, cpu, cuda, cuda:N or mps")',
+        "    return torch.device(device)",
+        FOLDER_TESTS,
+    ),
+    Mutation(
+        "teacher-path-as-architecture",
+        "a teacher path not ending in .pt taken for an architecture name ('unknown model')",
+        "kdlab/train.py",
+        '"/" in teacher or "\\\\" in teacher or bool(Path(teacher).suffix)',
+        'Path(teacher).suffix == ".pt"',
+        FOLDER_TESTS,
+    ),
+    Mutation(
+        "cli-speaks-python",
+        "the command line's messages name the Python API's keywords (resume=True…)",
+        "kdlab/cli.py",
+        '        with speaking("cli"):',
+        '        with speaking("python"):',
+        FOLDER_TESTS,
+    ),
+    Mutation(
+        "resume-silent",
+        "a resumed run does not say from which epoch it goes on",
+        "kdlab/train.py",
+        "        _say_resumed(out, len(history), last_epoch, config.epochs)",
+        "        pass",
+        FOLDER_TESTS,
+    ),
+    Mutation(
+        "grids-mix-in-one-folder",
+        "a grid run into another grid's folder: both grids' cells in one results table",
+        "kdlab/reproduce/execute.py",
+        "    _check_grid_folder(out, grid.name)",
+        "    pass",
+        FOLDER_TESTS,
+    ),
+    Mutation(
+        "dry-run-builds-nothing",
+        "a grid's cells are not built before they run: lam: -1 passes the dry run",
+        "kdlab/reproduce/grid.py",
+        "        _check_builds(here, cell)",
+        "        pass",
+        COMMAND_TESTS,
+    ),
+    Mutation(
+        "cpu-fallback-whatever-asked",
+        "the lab profile falls back to digits on a CPU whatever was asked (train --epochs 1)",
+        "kdlab/profiles.py",
+        "            if images > CPU_IMAGE_BUDGET:",
+        "            if True:",
+        COMMAND_TESTS,
+    ),
+    Mutation(
+        "demo-without-progress",
+        "make demo runs each notebook without papermill's progress bar over its cells",
+        "kdlab/cli.py",
+        "                    progress=not args.no_progress)  # fmt: skip",
+        "                    progress=False)  # fmt: skip",
+        COMMAND_TESTS,
+    ),
+    Mutation(
+        "fitnet-no-regressor",
+        "FitNet's hint compares the student's map itself, not its regressor's output",
+        FITNET,
+        'hint_loss(self.auxiliary["regressors"][name](feature), teacher_feature)',
+        "hint_loss(feature, teacher_feature)",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "fitnet-first-stage",
+        "FitNet's hint taken at the first stage instead of the chosen one",
+        FITNET,
+        "k = self.params.hint_stage - 1",
+        "k = 0",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "fitnet-default-last-stage",
+        "FitNet's default hint on the last stage instead of the middle one",
+        FITNET,
+        "hint_stage: int = 2",
+        "hint_stage: int = 3",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "hint-summed",
+        "the hint summed over the elements instead of averaged",
+        LOSSES,
+        "return (regressed - target).square().mean()",
+        "return (regressed - target).square().sum()",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "hint-teacher-not-detached",
+        "the hint's teacher map not detached",
+        LOSSES,
+        "teacher_map.detach().float()",
+        "teacher_map.float()",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "fsp-no-normalisation",
+        "the flow matrix summed over positions, without the 1/(h·w)",
+        LOSSES,
+        "second.flatten(2).transpose(1, 2)) / positions",
+        "second.flatten(2).transpose(1, 2))",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "fsp-entries-summed",
+        "FSP's squared difference summed over the m×n entries instead of averaged",
+        LOSSES,
+        "terms.append((g_s - g_t).square().mean())",
+        "terms.append((g_s - g_t).square().sum())",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "fsp-pairs-summed",
+        "FSP summed over the stage pairs instead of averaged",
+        LOSSES,
+        "return torch.stack(terms).mean()",
+        "return torch.stack(terms).sum()",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "fsp-teacher-not-detached",
+        "the teacher's flow matrices not detached",
+        LOSSES,
+        "flow_matrix(teacher_maps[k].detach(), teacher_maps[k + 1].detach())",
+        "flow_matrix(teacher_maps[k], teacher_maps[k + 1])",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "fsp-default-one-stage",
+        "FSP's default schedule one stage instead of the two-stage initialisation",
+        FSP,
+        "stages: int = 2",
+        "stages: int = 1",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "logit-regression-on-softmax",
+        "logit regression on the softmax outputs instead of the logits",
+        LOSSES,
+        "difference = student_logits.float() - teacher_logits.detach().float()",
+        "difference = student_logits.float().softmax(1) - teacher_logits.detach().float().softmax(1)",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "logit-regression-mean-over-elements",
+        "logit regression averaged over classes too instead of summed over them",
+        LOSSES,
+        "return 0.5 * difference.square().sum(dim=1).mean()",
+        "return 0.5 * difference.square().mean()",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "logit-regression-teacher-not-detached",
+        "the teacher's logits not detached in logit regression",
+        LOSSES,
+        "difference = student_logits.float() - teacher_logits.detach().float()",
+        "difference = student_logits.float() - teacher_logits.float()",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "tinyimagenet-val-one-class",
+        "Tiny-ImageNet's validation labels not read from val_annotations.txt (all one class)",
+        TINY,
+        "labels.append(index[fields[1]])",
+        "labels.append(0)",
+        ("tests/test_tinyimagenet.py",),
+    ),
+    Mutation(
+        "auroc-other-class",
+        "AUROC ranks by the other class's probability, not the positive class's",
+        METRICS,
+        "binary_auroc(probabilities[:, positive], (labels == positive).long())",
+        "binary_auroc(probabilities[:, 1 - positive], (labels == positive).long())",
+        ("tests/test_unbalanced_metrics.py",),
+    ),
+    Mutation(
+        "balanced-accuracy-is-accuracy",
+        "balanced accuracy computed as plain accuracy (micro average)",
+        METRICS,
+        'num_classes=classes, average="macro")\n',
+        'num_classes=classes, average="micro")\n',
+        ("tests/test_unbalanced_metrics.py",),
     ),
     # The online family (issue 21, METHODS.md §11).
     Mutation(
