@@ -4,7 +4,9 @@
 ``OUT/results.md``: one row per cell group (the cell without its seed) and network: final
 (last epoch) and best headline metric of the data set's task (``metric``: top-1 accuracy,
 mAP…), mean ± sample standard deviation over the seeds with n, the best epoch, and the
-published number where the grid matches a published row.
+published number where the grid matches a published row. A task's further metrics (retrieval's
+CMC rank-1, -5, -10) follow at the last epoch: ``final_<m>`` in ``runs.csv``, ``<m>_mean`` and
+``<m>_std`` in ``results.csv``, a column ``<m> (final)`` in ``results.md``.
 """
 
 from __future__ import annotations
@@ -28,12 +30,30 @@ RUN_COLUMNS = [
     "best", "best_epoch", "epochs", "agree", "run", "executed",
 ]  # fmt: skip
 EXPLANATION = (
-    "Test top-1 accuracy (%). **final**: the last epoch; **best**: the best epoch, chosen on the "
+    "{what}. **final**: the last epoch; **best**: the best epoch, chosen on the "
     "test split itself (an optimistic number). Mean ± sample standard deviation over the n "
     "seeds (± 0.00 with one seed is no estimate of the noise). **published**: the papers' "
     "numbers for the same method, networks and dataset (METHODS.md; their protocol, not "
     "measured here)."
 )
+
+
+def _what(metrics) -> str:
+    """What the final and best columns hold, from the tasks that report those metrics."""
+    from ..tasks import TASKS
+
+    labels = {cls.metric: cls.metric_label for cls in TASKS.values()}
+    names = [f"test {labels.get(m, m)}" for m in dict.fromkeys(metrics)] or [
+        "test top-1 accuracy (%)"
+    ]
+    return "; ".join(names)
+
+
+def _extra(frame, prefix: str) -> list[str]:
+    """The columns of ``frame`` that hold a task's further metrics (``final_<m>``, ``<m>_mean``)."""
+    if prefix == "final_":
+        return [c for c in frame.columns if c.startswith("final_") and c not in RESULT_COLUMNS]
+    return [c for c in frame.columns if c.endswith("_mean") and c not in RESULT_COLUMNS]
 
 
 def markdown_table(frame) -> str:
@@ -80,7 +100,8 @@ def _run_rows(out: Path, record: Mapping) -> list[dict]:
          "seed": spec["seed"], "network": network, "arch": entry.get("arch", ""),
          "metric": metric, "final": entry[f"final_{metric}"], "best": entry[f"best_{metric}"],
          "best_epoch": entry["best_epoch"], "epochs": summary["epochs"], "agree": agree,
-         "run": record["run"], "executed": record.get("executed") or ""}
+         "run": record["run"], "executed": record.get("executed") or "",
+         **{k: v for k, v in entry.items() if k.startswith("final_") and k != f"final_{metric}"}}
         for network, entry in summary["networks"].items()
     ]  # fmt: skip
 
@@ -91,7 +112,11 @@ def _results(runs, specs: Mapping[str, Mapping]):
 
     if runs.empty:
         return pd.DataFrame(columns=RESULT_COLUMNS)
-    stats = runs.groupby(["group", "network"], sort=False).agg(
+    extra = {}
+    for column in _extra(runs, "final_"):
+        name = column[len("final_") :]
+        extra.update({f"{name}_mean": (column, "mean"), f"{name}_std": (column, "std")})
+    stats = runs.groupby(["group", "network"], sort=False).agg(**extra,
         label=("label", "first"), dataset=("dataset", "first"), arch=("arch", "first"),
         metric=("metric", "first"), n=("final", "size"),
         seeds=("seed", lambda s: " ".join(map(str, s))),
@@ -100,11 +125,15 @@ def _results(runs, specs: Mapping[str, Mapping]):
         best_epoch_mean=("best_epoch", "mean"), epochs=("epochs", "first"),
         agree_mean=("agree", "mean"),
     ).reset_index()  # fmt: skip
-    stats[["final_std", "best_std"]] = stats[["final_std", "best_std"]].fillna(0.0)  # n = 1
+    stds = ["final_std", "best_std", *(k for k in extra if k.endswith("_std"))]
+    for column in stds:  # n = 1; a further metric some networks lack stays empty
+        stats[column] = stats[column].where(stats[column].notna() | (stats["n"] > 1), 0.0)
     rows = []
     for row in stats.to_dict("records"):
         spec = specs[row["group"]]
-        published = _published_for_network(spec, row["dataset"], row["network"], row["arch"])
+        published = _published_for_network(
+            spec, row["dataset"], row["network"], row["arch"], row["metric"]
+        )
         rows.append({
             **row, "method": spec["method"], "models": "+".join(spec["models"]),
             "teacher": spec["teacher"] or "",
@@ -113,7 +142,7 @@ def _results(runs, specs: Mapping[str, Mapping]):
             "profile": spec["profile"], "published": published[0][0] if published else None,
             "published_sources": "; ".join(f"{acc:.2f} ({src})" for acc, src in published),
         })  # fmt: skip
-    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS + list(extra))
 
 
 def aggregate(out: str | Path):
@@ -124,7 +153,9 @@ def aggregate(out: str | Path):
     out = Path(out)
     records = _records(out)
     finished = [r for r in records if r.get("status") == "ok"]
-    runs = pd.DataFrame([row for r in finished for row in _run_rows(out, r)], columns=RUN_COLUMNS)
+    rows = [row for r in finished for row in _run_rows(out, r)]
+    further = list(dict.fromkeys(k for row in rows for k in row if k not in RUN_COLUMNS))
+    runs = pd.DataFrame(rows, columns=RUN_COLUMNS + further)
     results = _results(runs, {r["group"]: r["spec"] for r in finished})
     write_table(out / "results.csv", results)
     write_table(out / "runs.csv", runs)
@@ -132,20 +163,25 @@ def aggregate(out: str | Path):
     return results, runs
 
 
-def _published_for_network(spec: Mapping, dataset: str | None, network: str, arch: str):
+def _published_for_network(
+    spec: Mapping, dataset: str | None, network: str, arch: str, metric: str = "acc"
+):
     if network == "ensemble":
         return []
     if network == "teacher":  # the teacher trained alone
-        return published_for(dataset, "independent", [arch])[0] if arch else []
+        return published_for(dataset, "independent", [arch], metric=metric)[0] if arch else []
     names = [n for n in ("net", "peer", "student") if network.startswith(n)]
     digits = network[len(names[0]) :] if names else ""
     position = int(digits) - 1 if digits.isdigit() else 0
-    found = published_for(dataset, spec["method"], list(spec["models"]), spec["teacher"])
+    found = published_for(
+        dataset, spec["method"], list(spec["models"]), spec["teacher"], metric=metric
+    )
     return found[position] if position < len(found) else []
 
 
 def _markdown_rows(results) -> list[dict[str, Any]]:
     rows = []
+    further = [c[: -len("_mean")] for c in _extra(results, "_mean")]
     for r in results.to_dict("records"):
         params = ", ".join(f"{k}={short(v)}" for k, v in json.loads(r["params"] or "{}").items())
         rows.append({
@@ -156,9 +192,15 @@ def _markdown_rows(results) -> list[dict[str, Any]]:
             "n": r["n"], "final": f"{r['final_mean']:.2f} ± {r['final_std']:.2f}",
             "best": f"{r['best_mean']:.2f} ± {r['best_std']:.2f}",
             "best epoch": f"{r['best_epoch_mean']:.1f} of {r['epochs']}",
+            **{f"{m} (final)": _mean_std(r, m) for m in further},
             "published": r["published_sources"] or "–",
         })  # fmt: skip
     return rows
+
+
+def _mean_std(row: Mapping, metric: str) -> str:
+    mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
+    return "–" if mean != mean else f"{mean:.2f} ± {std:.2f}"  # NaN: not measured
 
 
 def _write_markdown(out: Path, results, unfinished: Sequence[Mapping]) -> None:
@@ -168,9 +210,10 @@ def _write_markdown(out: Path, results, unfinished: Sequence[Mapping]) -> None:
     preamble = [f"# Results: grid {info.get('name', out.name)}", ""]
     if info.get("description"):
         preamble += [info["description"].strip(), ""]
-    preamble.append(EXPLANATION)
+    preamble.append(EXPLANATION.format(what=_what(results["metric"])))
+    further = [f"{c[: -len('_mean')]} (final)" for c in _extra(results, "_mean")]
     columns = ["method", "networks", "dataset", "parameters", "network", "n", "final", "best",
-               "best epoch", "published"]  # fmt: skip
+               "best epoch", *further, "published"]  # fmt: skip
     epilogue = []
     if unfinished:
         epilogue += ["## Cells not finished", ""]
