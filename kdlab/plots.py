@@ -10,7 +10,10 @@ from matplotlib.figure import Figure
 
 from .data import ImageDataset
 
-__all__ = ["example_grid", "soft_targets", "accuracy_bars", "logit_losses", "retrieval_examples"]
+__all__ = [
+    "example_grid", "soft_targets", "accuracy_bars", "logit_losses", "retrieval_examples",
+    "identity_grid",
+]  # fmt: skip
 
 
 def _as_image(x: torch.Tensor):
@@ -249,5 +252,32 @@ def retrieval_examples(dataset, results: Mapping, query: int = 0, k: int = 10) -
         f"{dataset.name}: the top {k} of the gallery for one query "
         "(green: the same identity, red: another; labels: identity and camera)",
         fontsize=9,
+    )
+    return fig
+
+
+def identity_grid(dataset, identities: int = 6, per_identity: int = 8) -> Figure:
+    """Training images of the first ``identities`` identities of a re-ID data set, one row
+    each, ordered by camera (the label under each image: ``c<camera>``)."""
+    rows = list(range(min(identities, dataset.num_classes)))
+    fig = Figure(figsize=(0.8 * per_identity + 1.4, 1.25 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), per_identity, squeeze=False)
+    cams = dataset.train_cams
+    for row, label in enumerate(rows):
+        idx = (dataset.train_labels == label).nonzero().flatten()
+        if cams is not None:
+            idx = idx[torch.argsort(cams[idx], stable=True)]
+        for col in range(per_identity):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col < len(idx):
+                ax.imshow(_as_image(dataset.train_images[idx[col]]), cmap="gray", aspect="auto")
+                if cams is not None:
+                    ax.set_xlabel(f"c{int(cams[idx[col]])}", fontsize=7, labelpad=1)
+            if col == 0:
+                ax.set_ylabel(dataset.classes[label][:10], fontsize=7)
+    fig.suptitle(
+        f"{dataset.name}: training images of {len(rows)} identities (c: camera)", fontsize=9
     )
     return fig

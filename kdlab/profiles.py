@@ -153,7 +153,7 @@ RETRIEVAL_PROFILES: dict[str, Profile] = {
         seeds=(0,), **_REID_DIGITS,
     ),
     "lab": Profile(
-        "lab", "reid_digits", epochs=30, batch_size=64, lr=0.003, schedule="cosine",
+        "lab", "reid_digits", epochs=20, batch_size=64, lr=0.003, schedule="cosine",
         seeds=(0, 1, 2), **_REID_DIGITS,
     ),
     "paper": Profile(

@@ -143,7 +143,7 @@ def _build() -> RetrievalDataset:
                               test_cams[junk_from]])  # fmt: skip
     return RetrievalDataset(
         "reid_digits", train_images, train_labels.long(), images, labels.long(),
-        [f"writer{int(i):04d}" for i in train], padding=1, flip=False, erasing=0.0,
+        [f"img{int(i):04d}" for i in train], padding=1, flip=False, erasing=0.0,
         test_cams=torch.from_numpy(cameras + 1).long(), num_query=len(query),
         train_cams=train_cams.long() + 1,
     )  # fmt: skip

@@ -45,7 +45,7 @@ CONTRACT = {
     "run_name": "the main run's folder name under out_dir (a grid sets it)",
     "data_root": "the dataset cache folder (None: kdlab.data.default_root())",
     "seeds": "e.g. [0, 1, 2]",
-    "dataset": "digits, cifar10, cifar100, pathmnist",
+    "dataset": "digits, cifar10, cifar100, pathmnist, reid_digits, market1501",
     **{key: "the training recipe (None: the profile's)" for key in SETTINGS},
 }
 # The notebook whose main run is each method's (a glob in the notebooks folder).
