@@ -70,8 +70,8 @@ def test_the_smoke_grid_runs_to_a_table_with_map_and_rank1(smoke_table):
     config = json.loads((out / runs["run"][0] / "config.json").read_text())["train"]
     assert config["label_smoothing"] == 0.1 and config["optimizer"] == "adam"
     table = (out / "results.md").read_text()
-    assert "test mAP (%)" in table and "| rank1 (final) |" in table
-    assert "test top-1 accuracy" not in table
+    assert "Test mAP (%)" in table and "| final rank1 | final rank5 | final rank10 |" in table
+    assert "Test top-1 accuracy" not in table
 
 
 def test_optional_recipe_settings_reach_the_runner_and_are_refused_elsewhere(tmp_path):

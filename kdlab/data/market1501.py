@@ -28,14 +28,13 @@ the cache file is as large. At ``size=(128, 64)``, a quarter: 0.8 GB.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..io import atomic_write
 from . import register_dataset
 from .images import JUNK, DatasetNotFoundError, RetrievalDataset
 
@@ -90,7 +89,7 @@ def _read(folder: Path, size: tuple[int, int], cache: Path) -> dict[str, np.ndar
         s: sorted(p.name for p in (folder / s).iterdir() if p.suffix == ".jpg") for s in SPLITS
     }
     if cache.exists():
-        with np.load(cache) as stored:
+        with np.load(cache, allow_pickle=False) as stored:
             if all(stored[f"{s}_names"].tolist() == names[s] for s in SPLITS):
                 return {key: stored[key] for key in stored.files}
     print(f"market1501: decoding {sum(map(len, names.values()))} images at {size[0]}×{size[1]}"
@@ -99,11 +98,13 @@ def _read(folder: Path, size: tuple[int, int], cache: Path) -> dict[str, np.ndar
     for split in SPLITS:
         arrays[f"{split}_names"] = np.array(names[split])
         arrays[f"{split}_images"] = _decode([folder / split / n for n in names[split]], size)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".npz", delete=False) as f:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez adds no ".npz" to the name
             np.savez(f, **arrays)
-        os.replace(f.name, cache)
+
+    try:
+        atomic_write(cache, write)
     except OSError as error:  # a read-only data folder: decode again next time
         print(f"market1501: could not write the cache {cache} ({error})")
     return arrays

@@ -4,9 +4,11 @@
 ``OUT/results.md``: one row per cell group (the cell without its seed) and network: final
 (last epoch) and best headline metric of the data set's task (``metric``: top-1 accuracy,
 mAP…), mean ± sample standard deviation over the seeds with n, the best epoch, and the
-published number where the grid matches a published row. A task's further metrics (retrieval's
-CMC rank-1, -5, -10) follow at the last epoch: ``final_<m>`` in ``runs.csv``, ``<m>_mean`` and
-``<m>_std`` in ``results.csv``, a column ``<m> (final)`` in ``results.md``.
+published number where the grid matches a published row. The task's other metrics (e.g. AUROC
+and balanced accuracy, ``final_auroc`` in a summary) get columns of their own: ``final_<m>`` in
+``runs.csv``, ``<m>_mean`` and ``<m>_std`` (last epoch) in ``results.csv`` and ``results.md``
+(retrieval: CMC ``rank1``, ``rank5``, ``rank10`` beside the headline mAP), in the task's order.
+A grid's ``not_reproduced`` rows close ``results.md``, each with its reason.
 """
 
 from __future__ import annotations
@@ -39,21 +41,12 @@ EXPLANATION = (
 
 
 def _what(metrics) -> str:
-    """What the final and best columns hold, from the tasks that report those metrics."""
+    """What the final and best columns hold: the label of each headline metric in the table."""
     from ..tasks import TASKS
 
     labels = {cls.metric: cls.metric_label for cls in TASKS.values()}
-    names = [f"test {labels.get(m, m)}" for m in dict.fromkeys(metrics)] or [
-        "test top-1 accuracy (%)"
-    ]
-    return "; ".join(names)
-
-
-def _extra(frame, prefix: str) -> list[str]:
-    """The columns of ``frame`` that hold a task's further metrics (``final_<m>``, ``<m>_mean``)."""
-    if prefix == "final_":
-        return [c for c in frame.columns if c.startswith("final_") and c not in RESULT_COLUMNS]
-    return [c for c in frame.columns if c.endswith("_mean") and c not in RESULT_COLUMNS]
+    found = [f"Test {labels.get(m, m)}" for m in dict.fromkeys(metrics)]
+    return "; ".join(found) or "Test top-1 accuracy (%)"
 
 
 def markdown_table(frame) -> str:
@@ -95,15 +88,25 @@ def _run_rows(out: Path, record: Mapping) -> list[dict]:
     agree = sum(agreement) / len(agreement) if agreement else None
     metric = summary.get("metric", "acc")
     return [
-        {"label": record["label"], "group": record["group"], "method": spec["method"],
+        {**_other_metrics(entry, metric),
+         "label": record["label"], "group": record["group"], "method": spec["method"],
          "models": "+".join(spec["models"]), "dataset": summary.get("dataset"),
          "seed": spec["seed"], "network": network, "arch": entry.get("arch", ""),
          "metric": metric, "final": entry[f"final_{metric}"], "best": entry[f"best_{metric}"],
          "best_epoch": entry["best_epoch"], "epochs": summary["epochs"], "agree": agree,
-         "run": record["run"], "executed": record.get("executed") or "",
-         **{k: v for k, v in entry.items() if k.startswith("final_") and k != f"final_{metric}"}}
+         "run": record["run"], "executed": record.get("executed") or ""}
         for network, entry in summary["networks"].items()
     ]  # fmt: skip
+
+
+def _other_metrics(entry: Mapping, metric: str) -> dict[str, float]:
+    """A summary entry's last values of the task's other metrics: ``{"final_auroc": …}``."""
+    return {k: v for k, v in entry.items() if k.startswith("final_") and k != f"final_{metric}"}
+
+
+def _extra_columns(frame) -> list[str]:
+    """The other metrics' names found in ``runs``: ``final_auroc`` → ``auroc``."""
+    return [c[len("final_") :] for c in frame.columns if c.startswith("final_")]
 
 
 def _results(runs, specs: Mapping[str, Mapping]):
@@ -112,11 +115,7 @@ def _results(runs, specs: Mapping[str, Mapping]):
 
     if runs.empty:
         return pd.DataFrame(columns=RESULT_COLUMNS)
-    extra = {}
-    for column in _extra(runs, "final_"):
-        name = column[len("final_") :]
-        extra.update({f"{name}_mean": (column, "mean"), f"{name}_std": (column, "std")})
-    stats = runs.groupby(["group", "network"], sort=False).agg(**extra,
+    stats = runs.groupby(["group", "network"], sort=False).agg(
         label=("label", "first"), dataset=("dataset", "first"), arch=("arch", "first"),
         metric=("metric", "first"), n=("final", "size"),
         seeds=("seed", lambda s: " ".join(map(str, s))),
@@ -124,10 +123,13 @@ def _results(runs, specs: Mapping[str, Mapping]):
         best_mean=("best", "mean"), best_std=("best", "std"),
         best_epoch_mean=("best_epoch", "mean"), epochs=("epochs", "first"),
         agree_mean=("agree", "mean"),
+        **{f"{m}_{how}": (f"final_{m}", how) for m in _extra_columns(runs) for how in ("mean", "std")},
     ).reset_index()  # fmt: skip
-    stds = ["final_std", "best_std", *(k for k in extra if k.endswith("_std"))]
-    for column in stds:  # n = 1; a further metric some networks lack stays empty
-        stats[column] = stats[column].where(stats[column].notna() | (stats["n"] > 1), 0.0)
+    stats[["final_std", "best_std"]] = stats[["final_std", "best_std"]].fillna(0.0)  # n = 1
+    for m in _extra_columns(runs):  # n = 1 gives no std; a network without the metric stays NaN
+        stats[f"{m}_std"] = stats[f"{m}_std"].where(
+            stats[f"{m}_mean"].isna() | (stats["n"] > 1), 0.0
+        )
     rows = []
     for row in stats.to_dict("records"):
         spec = specs[row["group"]]
@@ -142,7 +144,8 @@ def _results(runs, specs: Mapping[str, Mapping]):
             "profile": spec["profile"], "published": published[0][0] if published else None,
             "published_sources": "; ".join(f"{acc:.2f} ({src})" for acc, src in published),
         })  # fmt: skip
-    return pd.DataFrame(rows, columns=RESULT_COLUMNS + list(extra))
+    extra = [f"{m}_{how}" for m in _extra_columns(runs) for how in ("mean", "std")]
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS + extra)
 
 
 def aggregate(out: str | Path):
@@ -154,8 +157,8 @@ def aggregate(out: str | Path):
     records = _records(out)
     finished = [r for r in records if r.get("status") == "ok"]
     rows = [row for r in finished for row in _run_rows(out, r)]
-    further = list(dict.fromkeys(k for row in rows for k in row if k not in RUN_COLUMNS))
-    runs = pd.DataFrame(rows, columns=RUN_COLUMNS + further)
+    extra = list(dict.fromkeys(k for row in rows for k in row if k.startswith("final_")))
+    runs = pd.DataFrame(rows, columns=RUN_COLUMNS + extra)
     results = _results(runs, {r["group"]: r["spec"] for r in finished})
     write_table(out / "results.csv", results)
     write_table(out / "runs.csv", runs)
@@ -179,9 +182,15 @@ def _published_for_network(
     return found[position] if position < len(found) else []
 
 
+def _other_names(results) -> list[str]:
+    """The other metrics of a results table: ``auroc`` for its ``auroc_mean`` column."""
+    extra = results.columns[len(RESULT_COLUMNS) :]
+    return [c[: -len("_mean")] for c in extra if c.endswith("_mean")]
+
+
 def _markdown_rows(results) -> list[dict[str, Any]]:
+    others = _other_names(results)
     rows = []
-    further = [c[: -len("_mean")] for c in _extra(results, "_mean")]
     for r in results.to_dict("records"):
         params = ", ".join(f"{k}={short(v)}" for k, v in json.loads(r["params"] or "{}").items())
         rows.append({
@@ -192,15 +201,17 @@ def _markdown_rows(results) -> list[dict[str, Any]]:
             "n": r["n"], "final": f"{r['final_mean']:.2f} ± {r['final_std']:.2f}",
             "best": f"{r['best_mean']:.2f} ± {r['best_std']:.2f}",
             "best epoch": f"{r['best_epoch_mean']:.1f} of {r['epochs']}",
-            **{f"{m} (final)": _mean_std(r, m) for m in further},
             "published": r["published_sources"] or "–",
+            **{f"final {m}": _mean_std(r, m) for m in others},
         })  # fmt: skip
     return rows
 
 
 def _mean_std(row: Mapping, metric: str) -> str:
     mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
-    return "–" if mean != mean else f"{mean:.2f} ± {std:.2f}"  # NaN: not measured
+    if mean != mean:  # NaN: a network without this metric
+        return "–"
+    return f"{mean:.3f} ± {std:.3f}" if metric == "auroc" else f"{mean:.2f} ± {std:.2f}"
 
 
 def _write_markdown(out: Path, results, unfinished: Sequence[Mapping]) -> None:
@@ -211,9 +222,9 @@ def _write_markdown(out: Path, results, unfinished: Sequence[Mapping]) -> None:
     if info.get("description"):
         preamble += [info["description"].strip(), ""]
     preamble.append(EXPLANATION.format(what=_what(results["metric"])))
-    further = [f"{c[: -len('_mean')]} (final)" for c in _extra(results, "_mean")]
     columns = ["method", "networks", "dataset", "parameters", "network", "n", "final", "best",
-               "best epoch", *further, "published"]  # fmt: skip
+               "best epoch", "published"]  # fmt: skip
+    columns += [f"final {m}" for m in _other_names(results)]
     epilogue = []
     if unfinished:
         epilogue += ["## Cells not finished", ""]
@@ -223,6 +234,10 @@ def _write_markdown(out: Path, results, unfinished: Sequence[Mapping]) -> None:
             )
             what = record.get("error") or record.get("status")
             epilogue.append(f"- `{record['name']}`: {what}{where}")
+    if info.get("not_reproduced"):
+        epilogue += ["## Not reproduced", ""]
+        epilogue += [f"- **{row}**: {why}" for row, why in info["not_reproduced"].items()]
+        epilogue.append("")
     frame = pd.DataFrame(_markdown_rows(results), columns=columns)
     write_table(out / "results.md", frame, preamble="\n".join(preamble),
                 epilogue="\n".join(epilogue))  # fmt: skip
