@@ -13,7 +13,8 @@ into ``stem → stages → global average pool → linear`` so they share the in
 ``inceptionv1``
     GoogLeNet (Szegedy et al., 2015), Inception v1: torchvision's ``googlenet`` without its
     auxiliary heads. Stages: conv1 (64, stride 4), conv2–3 (192, stride 8), inception 3a–b
-    (480, stride 8), 4a–e (832, stride 16), 5a–b (1024, stride 32); 5.6 M parameters.
+    (480, stride 8), 4a–e (832, stride 16), 5a–b (1024, stride 32); 5.6 M parameters. Its
+    max-pools need inputs of 16×16 pixels or more (the others take 8×8).
 ``resnet50``
     ResNet-50 (He et al., 2016): torchvision's ``resnet50``. Stages layer1–4 (256, 512, 1024,
     2048 channels); 23.5 M parameters. A stronger peer or teacher.
