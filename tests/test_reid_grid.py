@@ -24,6 +24,9 @@ def test_table6_grid_has_its_cells_and_dry_runs_without_the_data(tmp_path, capsy
                                          ("mobilenetv1", "mobilenetv1")}  # fmt: skip
     assert {c.method for c in cells} == {"independent", "dml", "adml", "tadml"}
     assert {c.dataset for c in cells} == {"market1501"} and {c.seed for c in cells} == {0, 1, 2}
+    # TADML's K stays below DML's batch of 16; the other methods keep their defaults
+    assert {c.params.get("topo_k") for c in cells} == {None, 8}
+    assert all(c.params == ({"topo_k": 8} if c.method == "tadml" else {}) for c in cells)
     out = tmp_path / "out"
     assert cli_main(["reproduce", "tadml_table6_market1501", "--out", str(out), "--dry-run"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "24 cells" and not out.exists()
