@@ -37,10 +37,10 @@ class ImageDataset:
     classes: list[str]
     padding: int = 4  # random-crop padding, in pixels (0: no crop)
     flip: bool = True  # random horizontal flip (off where a flip changes the class)
-    erasing: float = 0.0  # probability of random erasing per training image (DeviceLoader)
     mean: tuple[float, ...] = field(default=())
     std: tuple[float, ...] = field(default=())
     task: Any = None  # a kdlab.tasks.Task; None: classification, scored by top-1 accuracy
+    erasing: float = 0.0  # probability of random erasing per training image (DeviceLoader)
 
     def __post_init__(self) -> None:
         if self.task is None:
