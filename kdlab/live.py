@@ -80,6 +80,9 @@ def _draw_into(output, fig: Figure) -> None:
 class LivePlot:
     """Test accuracy (and peer agreement / JS, when there are pairs) redrawn as training goes.
 
+    The accuracy panel shows the tracked runs' headline metric (``history.metric``: ``acc``,
+    or ``map`` for detection); ``metrics`` may also name any other per-network metric (``map50``).
+
     Use one LivePlot for several runs so they share axes::
 
         live = LivePlot()
@@ -115,6 +118,7 @@ class LivePlot:
         self.max_share = max_share
         self.networks = networks
         self.runs: dict[str, list[dict]] = {}
+        self.metric = "acc"  # the runs' headline metric (history.metric), drawn for "acc"
         self.draws = 0  # how many times the plot was drawn
         self._handle = None
         self._next_draw = 0.0  # time.perf_counter() before which a tracked epoch is not drawn
@@ -124,6 +128,7 @@ class LivePlot:
 
         def callback(record: dict, history) -> None:
             self.runs[label] = list(history)
+            self.metric = getattr(history, "metric", self.metric)
             last = getattr(history, "last_epoch", None)
             if last is None or record["epoch"] >= last or time.perf_counter() >= self._next_draw:
                 self.update()
@@ -132,11 +137,12 @@ class LivePlot:
 
     def figure(self) -> Figure:
         """The current plot as a Figure (also usable after training, headless)."""
+        wanted = [self.metric if m == "acc" else m for m in self.metrics]
         panels = [
             m
-            for m in self.metrics
+            for m in wanted
             if any(k.startswith(f"{m}/") for rows in self.runs.values() if rows for k in rows[-1])
-        ] or ["acc"]
+        ] or [self.metric]
         fig = Figure(figsize=(4.2 * len(panels), 3.2), layout="constrained")
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
         titles = {
@@ -144,6 +150,8 @@ class LivePlot:
             "agree": "peer agreement (%)",
             "js": "mean JS (nats)",
             "disc_acc": "discriminator accuracy (train)",
+            "map": "test mAP@[.5:.95] (%)",
+            "map50": "test mAP@0.5 (%)",
         }
         colors = itertools.cycle(f"C{i}" for i in range(10))
         for label, rows in self.runs.items():
@@ -152,7 +160,7 @@ class LivePlot:
             epochs = [r["epoch"] for r in rows]
             for key in rows[-1]:
                 kind, _, name = key.partition("/")
-                if kind not in panels or (kind == "acc" and not self._shown(name)):
+                if kind not in panels or (kind in ("acc", self.metric) and not self._shown(name)):
                     continue
                 ax = axes[panels.index(kind)]
                 style = "--" if name == "ensemble" else "-"

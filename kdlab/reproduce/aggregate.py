@@ -27,6 +27,7 @@ RUN_COLUMNS = [
     "label", "group", "method", "models", "dataset", "seed", "network", "arch", "metric", "final",
     "best", "best_epoch", "epochs", "agree", "run", "executed",
 ]  # fmt: skip
+METRIC_NAMES = {"acc": "Test top-1 accuracy (%)", "map": "Test COCO mAP@[.5:.95] (%)"}
 EXPLANATION = (
     "Test top-1 accuracy (%). **final**: the last epoch; **best**: the best epoch, chosen on the "
     "test split itself (an optimistic number). Mean ± sample standard deviation over the n "
@@ -168,7 +169,9 @@ def _write_markdown(out: Path, results, unfinished: Sequence[Mapping]) -> None:
     preamble = [f"# Results: grid {info.get('name', out.name)}", ""]
     if info.get("description"):
         preamble += [info["description"].strip(), ""]
-    preamble.append(EXPLANATION)
+    metrics = sorted(set(results["metric"])) if not results.empty else ["acc"]
+    named = "; ".join(METRIC_NAMES.get(m, m) for m in metrics)
+    preamble.append(EXPLANATION.replace(METRIC_NAMES["acc"], named, 1))
     columns = ["method", "networks", "dataset", "parameters", "network", "n", "final", "best",
                "best epoch", "published"]  # fmt: skip
     epilogue = []

@@ -41,7 +41,7 @@ CONTRACT = {
     "run_name": "the main run's folder name under out_dir (a grid sets it)",
     "data_root": "the dataset cache folder (None: kdlab.data.default_root())",
     "seeds": "e.g. [0, 1, 2]",
-    "dataset": "digits, cifar10, cifar100, pathmnist",
+    "dataset": "digits, cifar10, cifar100, pathmnist, synthetic_polyps, kvasir_seg…",
     **{key: "the training recipe (None: the profile's)" for key in SETTINGS},
 }
 # The notebook whose main run is each method's (a glob in the notebooks folder).
@@ -51,6 +51,7 @@ METHOD_NOTEBOOKS = {
     "adml": "03_*.ipynb",
     "tadml": "04_*.ipynb",
     "kdml": "05_*.ipynb",
+    "kdml_det": "09_*.ipynb",
 }
 RUN_NAME = "main"  # the run name a grid gives every cell
 RUNNER_PARAMETERS = ("method", "models", "teacher", "params", *CONTRACT)

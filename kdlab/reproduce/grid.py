@@ -143,11 +143,13 @@ def _as_list(where: str, key: str, value: Any, kind: type) -> list:
 
 @functools.cache
 def _known_model(arch: str) -> bool:
-    from ..models import build_model
+    """A registered name (a pattern's rule checked too), without building it: building would
+    fetch a pretrained detector's weights."""
+    from ..models import model_kind
 
     try:
-        build_model(arch, 10, 3)
-    except (ValueError, KeyError):
+        model_kind(arch)
+    except (ValueError, TypeError):
         return False
     return True
 
