@@ -6,6 +6,7 @@ run draw the same thing (:mod:`kdlab.live`). Ground truth is drawn in green, das
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -51,11 +52,12 @@ def detections_figure(
     """
     columns = list(detections) or ["ground truth"]
     rows = len(images)
-    fig = Figure(figsize=(1.9 * len(columns), 1.9 * rows + 0.4), layout="constrained")
-    axes = fig.subplots(rows, len(columns), squeeze=False)
+    shape = (rows, len(columns)) if detections else (1, rows)  # no detections: one row
+    fig = Figure(figsize=(1.9 * shape[1], 1.9 * shape[0] + 0.4), layout="constrained")
+    axes = fig.subplots(*shape, squeeze=False)
     for r in range(rows):
         for c, name in enumerate(columns):
-            ax = axes[r][c]
+            ax = axes[r][c] if detections else axes[0][r]
             _image(ax, images[r])
             for box in targets[r]["boxes"]:
                 _box(ax, box, TRUTH, "--")
@@ -64,8 +66,8 @@ def detections_figure(
                 for box, score in zip(found["boxes"], found["scores"]):
                     if score >= score_threshold:
                         _box(ax, box, f"C{c}", text=f"{float(score):.2f}")
-            if r == 0:
-                ax.set_title(name, fontsize=9)
+            if r == 0 or not detections:
+                ax.set_title(name if detections else f"image {r}", fontsize=9)
     fig.suptitle(title or f"boxes with score ≥ {score_threshold:g}; ground truth dashed green",
                  fontsize=9)  # fmt: skip
     return fig
@@ -76,8 +78,10 @@ def region_targets(method, images: torch.Tensor, targets, owner: str = "student1
     logits on them: ``{"regions": R×4, "labels": R, "logits": {network: R×C}}``.
 
     One call of the method's :meth:`forward_regions` in train mode (RoI sampling is a training
-    step's) without a graph; the sampling draws from torch's global generator.
+    step's) without a graph, on a copy of the method (train mode would move its BatchNorm
+    statistics); the sampling draws from torch's global generator.
     """
+    method = copy.deepcopy(method).train()
     with torch.no_grad():
         passes, logits, _ = method.forward_regions(images, targets)
     counts = [len(b) for b in passes[owner].proposals]

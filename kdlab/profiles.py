@@ -149,7 +149,7 @@ DETECTION_PROFILES: dict[str, Profile] = {
     "lab": Profile(
         "lab", "synthetic_polyps", epochs=8, batch_size=8, lr=0.01, schedule="cosine",
         seeds=(0, 1, 2), teacher="fasterrcnn_tiny_resnet", student="fasterrcnn_tiny_cnn",
-        train_size=96, weight_decay=1e-4,
+        weight_decay=1e-4,
     ),
     "paper": Profile(
         "paper", "kvasir_seg", epochs=26, batch_size=8, lr=0.01, schedule="cosine",

@@ -105,13 +105,13 @@ def synthetic_polyps(
     download: bool = False,
     size: int = 64,
     train: int = 160,
-    test: int = 48,
+    test: int = 32,
     seed: int = 0,
 ) -> DetectionDataset:
     """A generated stand-in for polyp detection — **synthetic images, not real polyps** —
     deterministic for a given ``seed``: ``train`` + ``test`` images of ``size``×``size``, each
-    a textured pink background with one to three non-overlapping blob-like objects (one 55 %,
-    two about 38 %, three about 7 % of images), one class (``polyp``). No file, no network;
+    a textured pink background with one to three non-overlapping blob-like objects (one or two
+    in about 47 % of images each, three in about 7 %), one class (``polyp``). No file, no network;
     it teaches the pipeline, and numbers on it say nothing about real colonoscopy.
     """
     if size < 32 or train < 1 or test < 1:
