@@ -122,7 +122,12 @@ def fuse_boxes(
     weigh the same. Returns ``{"boxes", "scores", "labels"}`` on the CPU (float32, int64),
     highest score first.
     """
-    from ensemble_boxes import weighted_boxes_fusion
+    try:
+        from ensemble_boxes import weighted_boxes_fusion
+    except ImportError:
+        raise ImportError(
+            'the ensemble of detectors needs ensemble-boxes: pip install "kdlab[detection]"'
+        ) from None
 
     height, width = image_size
     scale = torch.tensor([width, height, width, height], dtype=torch.float32)
