@@ -11,7 +11,9 @@ figures are times, never accuracies. The weights are random too (COCO weights ch
 
 ``--warmup`` untimed steps, then ``--steps`` timed steps; seconds per epoch = the mean step
 time × the steps of one epoch (880 / batch size), plus the evaluation of the 120 test images
-(timed on ``--eval-batches`` batches, scaled). Peak memory: on CUDA the allocator's peak
+(timed on ``--eval-batches`` batches, scaled). The process's CPU time per step is reported
+beside the wall time: with one thread on a machine shared with other work it is what the step
+would take alone. Peak memory: on CUDA the allocator's peak
 (``torch.cuda.max_memory_allocated``), on a CPU the process's peak resident set (``ru_maxrss``:
 the interpreter, torch and the data set included).
 """
@@ -99,35 +101,39 @@ def time_detection(
     update = Updater(optimizers, precision_used.scaler)
     train, test = data.task.loaders(data, config, dev)
 
-    def run_steps(count: int) -> float:
-        started = time.perf_counter()
+    def run_steps(count: int) -> tuple[float, float]:
+        started, cpu = time.perf_counter(), time.process_time()
         train_epoch(method, itertools.islice(iter(train), count), update, precision_used, 1)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        return time.perf_counter() - started
+        return time.perf_counter() - started, time.process_time() - cpu
 
     log(f"warm-up: {warmup} steps of {batch_size} images at {size} px on {dev}")
     run_steps(warmup)
     log(f"timing {steps} steps")
-    step = run_steps(steps) / steps
+    wall, cpu = run_steps(steps)
+    step, cpu_step = wall / steps, cpu / steps
 
-    def evaluate(count: int) -> float:
-        started = time.perf_counter()
+    def evaluate(count: int) -> tuple[float, float]:
+        started, cpu = time.perf_counter(), time.process_time()
         members = method.ensemble_members()
         data.task.evaluate(method.evaluated(), itertools.islice(iter(test), count), members)
-        return time.perf_counter() - started
+        return time.perf_counter() - started, time.process_time() - cpu
 
     evaluate(1)  # untimed: the first evaluation imports the COCO and box-fusion libraries
     evaluated = min(eval_batches * test.batch_size, test_images)
-    eval_s = evaluate(eval_batches) / evaluated * test_images
+    eval_s, eval_cpu = (t / evaluated * test_images for t in evaluate(eval_batches))
     steps_per_epoch = math.ceil(train_images / batch_size)
     return {
         "teacher": teacher, "students": "+".join(students), "size": size,
         "train_images": train_images, "test_images": test_images, "batch_size": batch_size,
         "device": str(dev), "precision": precision_used.name, "threads": torch.get_num_threads(),
-        "steps_timed": steps, "s_per_step": step, "steps_per_epoch": steps_per_epoch,
+        "steps_timed": steps, "s_per_step": step, "cpu_s_per_step": cpu_step,
+        "steps_per_epoch": steps_per_epoch,
         "train_s_per_epoch": step * steps_per_epoch, "eval_s_per_epoch": eval_s,
-        "s_per_epoch": step * steps_per_epoch + eval_s, "peak_memory_gib": _peak_memory_gib(dev),
+        "s_per_epoch": step * steps_per_epoch + eval_s,
+        "cpu_s_per_epoch": cpu_step * steps_per_epoch + eval_cpu,
+        "peak_memory_gib": _peak_memory_gib(dev),
     }  # fmt: skip
 
 
@@ -162,10 +168,12 @@ def main(args) -> int:
         ("data", f"{result['train_images']} + {result['test_images']} synthetic images of "
                  f"{result['size']}×{result['size']}, batch {result['batch_size']}"),
         ("device", f"{result['device']}, {result['precision']}, {result['threads']} threads"),
-        ("s per training step", f"{result['s_per_step']:.2f} (mean of {result['steps_timed']})"),
+        ("s per training step", f"{result['s_per_step']:.2f} (mean of {result['steps_timed']}; "
+                                f"process CPU time {result['cpu_s_per_step']:.2f} s)"),
         ("s per epoch, training", f"{result['train_s_per_epoch']:.0f} ({result['steps_per_epoch']} steps)"),
         ("s per epoch, evaluation", f"{result['eval_s_per_epoch']:.0f}"),
         ("s per epoch", f"{result['s_per_epoch']:.0f} ({result['s_per_epoch'] / 60:.1f} min)"),
+        ("process CPU s per epoch", f"{result['cpu_s_per_epoch']:.0f}"),
         ("peak memory (GiB)", f"{result['peak_memory_gib']:.2f}"),
     ]  # fmt: skip
     print("\n".join(["| quantity | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]))

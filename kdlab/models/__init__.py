@@ -20,6 +20,8 @@ this package is imported below, so a new family file registers itself. Each entr
 set's task says which kind it trains (:mod:`kdlab.tasks`).
 
 - :mod:`.cifar`: the CIFAR ResNets, wide ResNets, a MobileNet for 32×32 and small CNNs.
+- :mod:`.detection`: torchvision's Faster R-CNN detectors (``kind="detector"``; their own
+  interface, see the module) and CPU-sized ones.
 """
 
 from __future__ import annotations

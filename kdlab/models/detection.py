@@ -17,15 +17,15 @@ Every detector here is a torchvision ``FasterRCNN`` registered with ``kind="dete
 Names (any mix in one method: they share the box head's output shape, num_classes logits per
 region):
 
-- ``fasterrcnn_resnet50_fpn``: the teacher (ResNet-50-FPN, 41 M parameters);
-- ``fasterrcnn_mobilenet_v3_large_fpn``: the students (MobileNetV3-Large-FPN, 19 M);
+- ``fasterrcnn_resnet50_fpn``: the teacher (ResNet-50-FPN, 41.4 M parameters with 2 classes);
+- ``fasterrcnn_mobilenet_v3_large_fpn``: the students (MobileNetV3-Large-FPN, 19.0 M);
 - ``…_coco``: the same with torchvision's COCO weights (``pretrained=True``; the box
   predictor is replaced by one with ``num_classes`` outputs). Weights come through
   torchvision's weight API and its cache (``$TORCH_HOME/hub/checkpoints``); offline and not
   cached, building one is a one-line :class:`WeightsNotFoundError` after at most
   :data:`DOWNLOAD_TIMEOUT` seconds, never a hang;
-- ``fasterrcnn_tiny_resnet`` (a ResNet-18 cut after its third stage, 2.9 M) and
-  ``fasterrcnn_tiny_cnn`` (six 3×3 convolutions, 0.2 M): CPU-sized, with an FPN of 32/48
+- ``fasterrcnn_tiny_resnet`` (a ResNet-18 cut after its third stage, 3.2 M) and
+  ``fasterrcnn_tiny_cnn`` (six 3×3 convolutions, 0.22 M): CPU-sized, with an FPN of 32/48
   channels, small anchors (8–64 px), 32 sampled RoIs per image (RoIAlign with one sample per bin) and few proposals, for 64×64
   images (the smoke and lab profiles' synthetic polyps).
 
@@ -258,7 +258,7 @@ def _no_weights(name: str, pretrained: bool) -> None:
 @register_model("fasterrcnn_tiny_resnet", kind="detector")
 def fasterrcnn_tiny_resnet(num_classes, in_channels=3, arch="", pretrained=False, **options):
     """The CPU teacher: a ResNet-18 cut after its third stage, FPN of 48 channels, a box head
-    of 128 (2.9 M parameters)."""
+    of 128 (3.2 M parameters)."""
     _check_input(arch, in_channels, options)
     _no_weights(arch, pretrained)
     model = _tiny_detector(*_tiny_resnet_body(), num_classes, fpn=48, representation=128)

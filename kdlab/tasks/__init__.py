@@ -20,6 +20,7 @@ Methods whose terms are on logits and features stay task-blind (DML on identity 
 a method says which tasks it trains in ``Method.tasks``.
 
 - :mod:`.classification`: top-1 accuracy, the ensemble (mean softmax), agreement and JS.
+- :mod:`.detection`: COCO mAP and mAP@0.5, the ensemble's boxes fused (weighted boxes fusion).
 """
 
 from __future__ import annotations
