@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+import kdlab
 from kdlab import cli
 from kdlab.live import LivePlot
 from kdlab.reproduce import load_grid, run_grid
@@ -82,3 +83,13 @@ def test_train_command_takes_the_detection_profile_and_reports_missing_data(tmp_
                      "--out", str(tmp_path / "run")])  # fmt: skip
     error = capsys.readouterr().err
     assert code == 2 and error.count("\n") == 1 and "datasets.simula.no" in error
+
+
+def test_a_pretrained_detection_teacher_must_be_given_trained():
+    from kdlab.reproduce import train_one
+
+    data = kdlab.load_dataset("synthetic_polyps", train=2, test=2)
+    config = kdlab.TrainConfig(epochs=1, batch_size=2, device="cpu")
+    with pytest.raises(ValueError, match="needs a trained detector: give a network or a saved"):
+        train_one("kdml_det", ["fasterrcnn_tiny_cnn"] * 2, data, config=config,
+                  teacher="fasterrcnn_tiny_resnet", pretrained_teacher=True)  # fmt: skip

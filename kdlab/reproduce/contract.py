@@ -135,6 +135,11 @@ def train_one(
     method_cls = get_method(method)
     first = method_cls.teacher_mode == "pretrained" or bool(params.get("pretrained_teacher"))
     if first and isinstance(teacher, str) and Path(teacher).suffix != ".pt":
+        if data.task.name not in get_method("independent").tasks:
+            raise ValueError(
+                f"{method} with a pretrained teacher needs a trained {data.task.model_kind}: give "
+                f"a network or a saved checkpoint (.pt) as teacher, not the name {teacher!r}"
+            )
         n, c = data.num_classes, data.in_channels
         students = [build_model(arch, n, c) for arch in models]
         roles = {f"{method_cls.role}{i}": net for i, net in enumerate(students, 1)}
