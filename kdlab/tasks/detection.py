@@ -5,18 +5,19 @@
   pixels, ``labels`` n int64 ≥ 1); the training loader flips images and boxes left–right.
 - **Metrics** (:func:`evaluate`), per network and for the ensemble, in percent:
   ``map/<name>``, COCO's mAP@[.5:.95] (AP averaged over the IoU thresholds 0.50, 0.55, …, 0.95
-  and over classes, each AP the 101-point interpolated area under precision–recall, every
-  detection up to 100 per image, all object sizes); ``map50/<name>``, the AP at IoU 0.5.
+  and over classes, each AP the 101-point interpolated area under precision–recall, the 100
+  best-scored detections of each image, all object sizes); ``map50/<name>``, the AP at IoU 0.5.
   Computed by torchmetrics' ``MeanAveragePrecision`` (backend faster-coco-eval, else
   pycocotools) on the detectors' outputs in eval mode (torchvision's score threshold 0.05 and
   per-class NMS at IoU 0.5 applied by the detector), in float32, without a graph.
 - **The ensemble** (METHODS.md §10): the members' boxes of each image fused by weighted
   boxes fusion (Solovyev et al. 2021, the ``ensemble_boxes`` package, :func:`fuse_boxes`):
-  boxes of the same label from different members that overlap by IoU > ``iou_thr`` (0.55)
-  are merged into one whose corners are the members' corners averaged with their scores as
-  weights and whose score is the members' mean score × min(members that found it, M) / M, so
-  a box found by one of M members keeps 1/M of its score. No member box is dropped for a low
-  score (``skip_box_thr`` 0: the detectors' own 0.05 threshold applies).
+  boxes of the same label that overlap by IoU > ``iou_thr`` (0.55) — in practice boxes of
+  different members, each detector having applied its own NMS at 0.5 — are merged into one
+  whose corners are the boxes' corners averaged with their scores as weights and whose score
+  is their mean score × min(boxes merged, M) / M, so a box found by one of M members keeps 1/M
+  of its score. No box is dropped for a low score (``skip_box_thr`` 0: the detectors' own 0.05
+  threshold applies).
 
 Why not the mean softmax of classification: detectors do not output one distribution per
 image, and their boxes differ, so the ensemble is a fusion of boxes.
@@ -83,7 +84,11 @@ def _metric():
         ("pycocotools", "pycocotools"),
     ):
         if importlib.util.find_spec(module) is not None:
-            return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=backend)
+            metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=backend)
+            # COCO keeps the 100 best-scored detections per image; the fused ensemble of two
+            # detectors (100 each) often has more, which is no fault: no warning for it.
+            metric.warn_on_many_detections = False
+            return metric
     raise ImportError('detection metrics need faster-coco-eval: pip install "kdlab[detection]"')
 
 
