@@ -132,7 +132,7 @@ def time_detection(
         "steps_per_epoch": steps_per_epoch,
         "train_s_per_epoch": step * steps_per_epoch, "eval_s_per_epoch": eval_s,
         "s_per_epoch": step * steps_per_epoch + eval_s,
-        "cpu_s_per_epoch": cpu_step * steps_per_epoch + eval_cpu,
+        "eval_cpu_s_per_epoch": eval_cpu, "cpu_s_per_epoch": cpu_step * steps_per_epoch + eval_cpu,
         "peak_memory_gib": _peak_memory_gib(dev),
     }  # fmt: skip
 
