@@ -93,7 +93,8 @@ class LivePlot:
     ``label/network``. With ``output`` (an ``ipywidgets.Output``) it draws there, otherwise
     into the notebook cell's output, replacing the previous drawing in place. ``metrics``
     chooses the panels: any of ``"acc"``, ``"agree"``, ``"js"``; ``networks`` (e.g.
-    ``("student",)``) limits the accuracy curves to those networks (default: every one).
+    ``("student",)``) limits the per-network curves (accuracy, mAP…) to those networks
+    (default: every one).
 
     Rendering a figure costs about half a second on a laptop CPU, more than a small network's
     epoch on digits, so a tracked run skips redraws to keep drawing under ``max_share`` of the
@@ -160,7 +161,8 @@ class LivePlot:
             epochs = [r["epoch"] for r in rows]
             for key in rows[-1]:
                 kind, _, name = key.partition("/")
-                if kind not in panels or (kind in ("acc", self.metric) and not self._shown(name)):
+                per_network = kind not in ("agree", "js")  # those two are per pair
+                if kind not in panels or (per_network and not self._shown(name)):
                     continue
                 ax = axes[panels.index(kind)]
                 style = "--" if name == "ensemble" else "-"

@@ -51,15 +51,23 @@ def test_the_smoke_grid_runs_to_a_table(tmp_path):
 
 def test_live_plot_draws_the_headline_metric_of_detection():
     history = History(
-        [{"epoch": e, "map/teacher": 10.0 * e, "map50/teacher": 30.0 * e} for e in (1, 2)]
-    )
+        [
+            {"epoch": e, "map/teacher": 10.0 * e, "map50/teacher": 30.0 * e,
+             "map/student1": 5.0 * e, "map50/student1": 20.0 * e}
+            for e in (1, 2)
+        ]
+    )  # fmt: skip
     history.metric = "map"
     plot = LivePlot(metrics=("acc", "map50"), max_share=1)
     plot.update = lambda: None  # no display here: the figure is checked
     plot.track("run")(history[-1], history)
     axes = plot.figure().axes
     assert [ax.get_title() for ax in axes] == ["test mAP@[.5:.95] (%)", "test mAP@0.5 (%)"]
-    assert list(axes[0].lines[0].get_ydata()) == [10.0, 20.0]
+    assert list(axes[0].lines[0].get_ydata()) == [10.0, 20.0] and len(axes[1].lines) == 2
+    only = LivePlot(metrics=("acc", "map50"), networks=("teacher",))
+    only.update = lambda: None
+    only.track("run")(history[-1], history)
+    assert [len(ax.lines) for ax in only.figure().axes] == [1, 1]  # students left out of both
 
 
 def test_detection_bench_reports_an_epoch_and_the_peak_memory():
