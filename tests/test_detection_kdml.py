@@ -214,3 +214,25 @@ def test_a_resumed_detection_run_equals_an_uninterrupted_one(data, tmp_path):
     assert {"final_map", "best_map", "final_map50"} <= set(summary["networks"]["student1"])
     assert summary["networks"]["teacher"]["arch"] == TEACHER
     assert "loss/student1/loss_objectness" in whole.history[0]
+
+
+def test_the_classifier_loss_takes_the_recipes_label_smoothing(batch):
+    """``loss_classifier`` is ``Method.ce``: with ε = 0.3 it is the smoothed CE over the
+    student's sampled regions and their labels."""
+    from kdlab.losses import cross_entropy
+
+    method = _method()
+    x, y = batch
+    got = {}
+    for eps in (0.0, 0.3):
+        method.label_smoothing = eps
+        caught = {}
+        torch.manual_seed(5)
+        method.training_step(x, y, lambda terms, also_step=(): caught.update(terms))
+        got[eps] = caught["student1"]["loss_classifier"].item()
+    torch.manual_seed(5)
+    with torch.no_grad():
+        passes, logits, _ = method.forward_regions(x, y)
+    z, labels = logits["student1"]["student1"], torch.cat(passes["student1"].labels)
+    assert got[0.3] == pytest.approx(cross_entropy(z, labels, 0.3).item(), rel=1e-5)
+    assert got[0.0] == pytest.approx(cross_entropy(z, labels).item(), rel=1e-5)

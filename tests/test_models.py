@@ -59,7 +59,7 @@ def _seed():
 
 
 def test_available_models_lists_fixed_names_and_wrn_pattern():
-    names = available_models()
+    names = available_models("classifier")
     assert names[: len(FIXED_NAMES)] == FIXED_NAMES
     assert names[-1] == "wrn_<depth>_<width>"
     assert len(names) == len(FIXED_NAMES) + 1
