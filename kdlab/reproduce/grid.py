@@ -318,6 +318,18 @@ def _check_builds(here: str, cell: Cell) -> None:
         raise _fail(f"{here}: cell {cell.label}", error)
 
 
+def _without_weights(arch: str) -> dict[str, Any]:
+    """``{"pretrained": False}`` for a fixed name whose builder takes that option (a name that
+    means pretrained weights, e.g. ``fasterrcnn_resnet50_fpn_coco``), else nothing."""
+    import inspect
+
+    from ..models import MODELS
+
+    entry = MODELS.get(arch)
+    takes = entry is not None and "pretrained" in inspect.signature(entry.build).parameters
+    return {"pretrained": False} if takes else {}
+
+
 @functools.cache
 def _build_error(key: str) -> str | None:
     """The one-line error of building a method as ``key`` says (see :func:`_check_builds`)."""
@@ -327,8 +339,12 @@ def _build_error(key: str) -> str | None:
     method, models, teacher, params, batch_size = json.loads(key)
     method_cls = get_method(method)
     roles = _role_names(method_cls, len(models))
-    networks = {role: build_model(arch, 10, 3) for role, arch in zip(roles, models)}
-    extra = {"teacher": build_model(teacher, 10, 3)} if method_cls.teacher_mode else {}
+
+    def build(arch: str):  # the architecture, never its pretrained weights (a download)
+        return build_model(arch, 10, 3, **_without_weights(arch))
+
+    networks = {role: build(arch) for role, arch in zip(roles, models)}
+    extra = {"teacher": build(teacher)} if method_cls.teacher_mode else {}
     try:
         method_cls(networks, **extra, **params).check_batch_size(batch_size)
     except (TypeError, ValueError) as error:
