@@ -15,6 +15,7 @@ import kdlab
 from kdlab.data.boxes import DetectionLoader
 from kdlab.models import build_model, model_kind
 from kdlab.models import detection as detectors
+from kdlab.models import without_weights as models_without_weights
 from kdlab.tasks.detection import evaluate, fuse_boxes, mean_average_precision
 from kdlab.train import check_task
 
@@ -198,3 +199,24 @@ def test_a_saved_detector_is_rebuilt_by_load_network(tmp_path):
     with torch.no_grad():
         a, b = net.eval()(images), again.eval()(images)
     assert all(torch.equal(x["boxes"], y["boxes"]) for x, y in zip(a, b))
+
+
+def test_a_saved_pretrained_name_is_rebuilt_without_downloading(tmp_path, monkeypatch):
+    """A network saved under a ``…_coco`` name holds its weights: rebuilding it for them must
+    not fetch COCO's (offline that would be an error)."""
+    data = kdlab.load_dataset("synthetic_polyps", train=2, test=2)
+    arch = "fasterrcnn_mobilenet_v3_large_fpn_coco"
+    net = build_model(arch, data.num_classes, pretrained=False)
+    kdlab.save_network(tmp_path / "student.pt", net, arch, data)
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network here")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    again = kdlab.load_network(tmp_path / "student.pt")
+    assert again.arch == arch
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(),
+                                                  again.state_dict().values()))  # fmt: skip
+    assert models_without_weights(arch) == {"pretrained": False}
+    assert models_without_weights("resnet20") == {}

@@ -318,22 +318,10 @@ def _check_builds(here: str, cell: Cell) -> None:
         raise _fail(f"{here}: cell {cell.label}", error)
 
 
-def _without_weights(arch: str) -> dict[str, Any]:
-    """``{"pretrained": False}`` for a fixed name whose builder takes that option (a name that
-    means pretrained weights, e.g. ``fasterrcnn_resnet50_fpn_coco``), else nothing."""
-    import inspect
-
-    from ..models import MODELS
-
-    entry = MODELS.get(arch)
-    takes = entry is not None and "pretrained" in inspect.signature(entry.build).parameters
-    return {"pretrained": False} if takes else {}
-
-
 @functools.cache
 def _build_error(key: str) -> str | None:
     """The one-line error of building a method as ``key`` says (see :func:`_check_builds`)."""
-    from ..models import build_model
+    from ..models import build_model, without_weights
     from ..train import _role_names
 
     method, models, teacher, params, batch_size = json.loads(key)
@@ -341,7 +329,7 @@ def _build_error(key: str) -> str | None:
     roles = _role_names(method_cls, len(models))
 
     def build(arch: str):  # the architecture, never its pretrained weights (a download)
-        return build_model(arch, 10, 3, **_without_weights(arch))
+        return build_model(arch, 10, 3, **without_weights(arch))
 
     networks = {role: build(arch) for role, arch in zip(roles, models)}
     extra = {"teacher": build(teacher)} if method_cls.teacher_mode else {}
