@@ -94,7 +94,9 @@ class LivePlot:
     into the notebook cell's output, replacing the previous drawing in place. ``metrics``
     chooses the panels: any of ``"acc"``, ``"agree"``, ``"js"``; ``networks`` (e.g.
     ``("student",)``) limits the per-network curves (accuracy, mAP…) to those networks
-    (default: every one).
+    (default: every one). ``"acc"`` stands for the tracked history's headline metric
+    (``history.metric``: ``acc`` for classification, ``map`` for retrieval and detection), so
+    the same plot follows any task.
 
     Rendering a figure costs about half a second on a laptop CPU, more than a small network's
     epoch on digits, so a tracked run skips redraws to keep drawing under ``max_share`` of the
@@ -119,7 +121,7 @@ class LivePlot:
         self.max_share = max_share
         self.networks = networks
         self.runs: dict[str, list[dict]] = {}
-        self.metric = "acc"  # the runs' headline metric (history.metric), drawn for "acc"
+        self.metric = "acc"  # the headline metric of the last tracked history
         self.draws = 0  # how many times the plot was drawn
         self._handle = None
         self._next_draw = 0.0  # time.perf_counter() before which a tracked epoch is not drawn
@@ -148,10 +150,10 @@ class LivePlot:
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
         titles = {
             "acc": "test accuracy (%)",
+            "map": "test mAP (%)",
             "agree": "peer agreement (%)",
             "js": "mean JS (nats)",
             "disc_acc": "discriminator accuracy (train)",
-            "map": "test mAP@[.5:.95] (%)",
             "map50": "test mAP@0.5 (%)",
         }
         colors = itertools.cycle(f"C{i}" for i in range(10))
@@ -161,7 +163,7 @@ class LivePlot:
             epochs = [r["epoch"] for r in rows]
             for key in rows[-1]:
                 kind, _, name = key.partition("/")
-                per_network = kind not in ("agree", "js")  # those two are per pair
+                per_network = "-" not in name  # agree/js/overlap keys name a pair a-b
                 if kind not in panels or (per_network and not self._shown(name)):
                     continue
                 ax = axes[panels.index(kind)]

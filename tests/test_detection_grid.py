@@ -62,7 +62,7 @@ def test_live_plot_draws_the_headline_metric_of_detection():
     plot.update = lambda: None  # no display here: the figure is checked
     plot.track("run")(history[-1], history)
     axes = plot.figure().axes
-    assert [ax.get_title() for ax in axes] == ["test mAP@[.5:.95] (%)", "test mAP@0.5 (%)"]
+    assert [ax.get_title() for ax in axes] == ["test mAP (%)", "test mAP@0.5 (%)"]
     assert list(axes[0].lines[0].get_ydata()) == [10.0, 20.0] and len(axes[1].lines) == 2
     only = LivePlot(metrics=("acc", "map50"), networks=("teacher",))
     only.update = lambda: None

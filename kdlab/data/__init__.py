@@ -12,6 +12,8 @@ the task for its loaders and its evaluation and never branches on a data set's n
 - :mod:`.download`: what archives share (download, checksum, mirror, cache, atomic write);
 - :mod:`.tinyimagenet`: Tiny-ImageNet in its own format, decoded once into a cache;
 - :mod:`.msi`: MSI vs MSS histology tiles (colorectal, gastric), never downloaded;
+- :mod:`.reid_digits`: an embedded re-identification stand-in (retrieval task);
+- :mod:`.market1501`: Market-1501, person re-identification (a manual download).
 - :mod:`.boxes`: :class:`~.boxes.DetectionDataset` (images with boxes), its device loader, and
   boxes from masks; :mod:`.polyps`: Kvasir-SEG, CVC-ClinicDB and the embedded *synthetic* polyps
   (the ``detection`` task).

@@ -21,6 +21,7 @@ set's task says which kind it trains (:mod:`kdlab.tasks`).
 
 - :mod:`.cifar`: the CIFAR ResNets, wide ResNets, a MobileNet for 32×32 and small CNNs;
 - :mod:`.preact`: the pre-activation bottleneck ResNet-164;
+- :mod:`.imagenet`: ImageNet-sized MobileNetV1 (timm), InceptionV1 and ResNet-50 (torchvision);
 - :mod:`.detection`: torchvision's Faster R-CNN detectors (``kind="detector"``; their own
   interface, see the module) and CPU-sized ones.
 """
