@@ -24,7 +24,7 @@ from .data import DeviceLoader, ImageDataset
 from .io import torch_save
 from .messages import option, say
 from .methods import Method
-from .models import available_models, build_model
+from .models import available_models, build_model, without_weights
 
 __all__ = [
     "TrainingState",
@@ -143,7 +143,8 @@ def load_network(path: str | Path) -> nn.Module:
         raise FileNotFoundError(f"no network checkpoint at {path}{hint}")
     advice = "give a network saved by kdlab: networks/<name>.pt in a run folder"
     state = read_checkpoint(path, "cpu", _NETWORK_KEYS, "kdlab network checkpoint", advice)
-    network = build_model(state["arch"], state["num_classes"], state["in_channels"])
+    arch = state["arch"]  # its weights are the file's: a pretrained name downloads nothing
+    network = build_model(arch, state["num_classes"], state["in_channels"], **without_weights(arch))
     network.load_state_dict(state["state_dict"])
     network.arch = state["arch"]
     return network

@@ -85,6 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     params = _method_params(args.method, args.set)
     prof = profile(
         args.profile,
+        task=None if args.dataset else method_cls.tasks[0],  # else the data set's task
         dataset=args.dataset,
         epochs=args.epochs,
         batch_size=args.batch_size,

@@ -80,6 +80,9 @@ def _draw_into(output, fig: Figure) -> None:
 class LivePlot:
     """Test accuracy (and peer agreement / JS, when there are pairs) redrawn as training goes.
 
+    The accuracy panel shows the tracked runs' headline metric (``history.metric``: ``acc``,
+    or ``map`` for detection); ``metrics`` may also name any other per-network metric (``map50``).
+
     Use one LivePlot for several runs so they share axes::
 
         live = LivePlot()
@@ -90,9 +93,10 @@ class LivePlot:
     ``label/network``. With ``output`` (an ``ipywidgets.Output``) it draws there, otherwise
     into the notebook cell's output, replacing the previous drawing in place. ``metrics``
     chooses the panels: any of ``"acc"``, ``"agree"``, ``"js"``; ``networks`` (e.g.
-    ``("student",)``) limits the accuracy curves to those networks (default: every one).
-    ``"acc"`` stands for the tracked history's headline metric (``history.metric``: ``acc``
-    for classification, ``map`` for retrieval), so the same plot follows any task.
+    ``("student",)``) limits the per-network curves (accuracy, mAP…) to those networks
+    (default: every one). ``"acc"`` stands for the tracked history's headline metric
+    (``history.metric``: ``acc`` for classification, ``map`` for retrieval and detection), so
+    the same plot follows any task.
 
     Rendering a figure costs about half a second on a laptop CPU, more than a small network's
     epoch on digits, so a tracked run skips redraws to keep drawing under ``max_share`` of the
@@ -150,6 +154,7 @@ class LivePlot:
             "agree": "peer agreement (%)",
             "js": "mean JS (nats)",
             "disc_acc": "discriminator accuracy (train)",
+            "map50": "test mAP@0.5 (%)",
         }
         colors = itertools.cycle(f"C{i}" for i in range(10))
         for label, rows in self.runs.items():
@@ -158,7 +163,8 @@ class LivePlot:
             epochs = [r["epoch"] for r in rows]
             for key in rows[-1]:
                 kind, _, name = key.partition("/")
-                if kind not in panels or (kind == self.metric and not self._shown(name)):
+                per_network = "-" not in name  # agree/js/overlap keys name a pair a-b
+                if kind not in panels or (per_network and not self._shown(name)):
                     continue
                 ax = axes[panels.index(kind)]
                 style = "--" if name == "ensemble" else "-"

@@ -21,18 +21,22 @@ REPOSITORY = "kdlab/kdlab"  # owner/name on GitHub: a placeholder until a course
 REF = "v0.1.0"  # the tag or commit the badge opens and the set-up cell installs
 
 SETUP_MARK = "# kdlab set-up"
+# The extras (pyproject.toml) a notebook's set-up cell installs with kdlab, by notebook file.
+NOTEBOOK_EXTRAS = {"09_detection_distillation.ipynb": "detection"}
 
 
-def setup_source(repository: str = "", ref: str = "") -> str:
-    """The set-up cell: on Colab, install kdlab at the pinned ref, then :func:`gpu_check`."""
+def setup_source(repository: str = "", ref: str = "", extras: str = "") -> str:
+    """The set-up cell: on Colab, install kdlab (with ``extras``, e.g. ``"detection"``) at the
+    pinned ref, then :func:`gpu_check`."""
     repository, ref = repository or REPOSITORY, ref or REF
+    package = f"kdlab[{extras}]" if extras else "kdlab"
     return f"""{SETUP_MARK}: on Colab, install kdlab ({ref}) from its repository and check for a GPU;
 # elsewhere it is installed already (make lab). The install upgrades none of the packages Colab's
 # kernel runs on (torch, ipykernel, ipywidgets...), so restart nothing.
 import sys
 
 if "google.colab" in sys.modules:
-    %pip install -q "kdlab @ git+https://github.com/{repository}@{ref}"
+    %pip install -q "{package} @ git+https://github.com/{repository}@{ref}"
     from kdlab.nbtools import gpu_check
 
     gpu_check()
@@ -144,7 +148,7 @@ def stamp(path: Path, check: bool = False) -> bool:
     setup = [
         c for c in cells if c["cell_type"] == "code" and "".join(c["source"]).startswith(SETUP_MARK)
     ]
-    want_setup = setup_source().rstrip("\n")
+    want_setup = setup_source(extras=NOTEBOOK_EXTRAS.get(path.name, "")).rstrip("\n")
     if not setup or "".join(setup[0]["source"]) != want_setup:
         ok = False
         if setup:

@@ -17,6 +17,10 @@ Market-1501 with DML's own recipe (METHODS.md §9).
 The embedded digits set-up is chosen so that distillation has room to show: the student
 (``cnn_tiny``, a few thousand parameters) trained alone on a 200-image subset stays several
 points below its teacher (``resnet20``).
+
+Other tasks have their own three profiles (:data:`TASK_PROFILES`): detection's smoke and lab
+train CPU-sized detectors on the embedded *synthetic* polyps, its paper profile COCO-pretrained
+torchvision detectors on Kvasir-SEG.
 """
 
 from __future__ import annotations
@@ -180,6 +184,30 @@ def profile_name(name: str | None = None) -> str:
     return name
 
 
+# Detection (notebook 09, grid niyaz_polyp). smoke and lab: the embedded SYNTHETIC polyps (64×64)
+# and the CPU-sized detectors; paper: Kvasir-SEG at 320 px, ResNet-50-FPN teacher and
+# MobileNetV3-Large-FPN students from COCO weights, torchvision's detection reference recipe
+# (26 epochs, weight decay 1e-4, lr 0.02 per 16 images, here 0.01 for batches of 8) with a
+# cosine schedule instead of its two steps. The CPU detectors trained from scratch diverge at
+# lr 0.02 (a NaN in the second epoch, measured) and learn at 0.01.
+DETECTION_PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        "smoke", "synthetic_polyps", epochs=2, batch_size=8, lr=0.01, schedule="cosine",
+        seeds=(0,), teacher="fasterrcnn_tiny_resnet", student="fasterrcnn_tiny_cnn",
+        train_size=16, weight_decay=1e-4,
+    ),
+    "lab": Profile(
+        "lab", "synthetic_polyps", epochs=8, batch_size=8, lr=0.01, schedule="cosine",
+        seeds=(0, 1, 2), teacher="fasterrcnn_tiny_resnet", student="fasterrcnn_tiny_cnn",
+        weight_decay=1e-4,
+    ),
+    "paper": Profile(
+        "paper", "kvasir_seg", epochs=26, batch_size=8, lr=0.01, schedule="cosine",
+        seeds=(0, 1, 2), teacher="fasterrcnn_resnet50_fpn_coco",
+        student="fasterrcnn_mobilenet_v3_large_fpn_coco", weight_decay=1e-4,
+    ),
+}  # fmt: skip
+
 # Re-identification. DML's Market-1501 recipe (its official code): Adam lr 2e-4, β1 0.5, weight
 # decay 4e-5, label smoothing 0.1, batch 16, a constant rate for 200,000 steps (247 epochs of
 # 12,936 images), from scratch. Its 224×224 input is Market-1501's 256×128 here.
@@ -205,6 +233,7 @@ RETRIEVAL_PROFILES: dict[str, Profile] = {
 
 TASK_PROFILES: dict[str, dict[str, Profile]] = {
     "classification": PROFILES,
+    "detection": DETECTION_PROFILES,
     "retrieval": RETRIEVAL_PROFILES,
 }
 """The profiles of every task (:mod:`kdlab.tasks`) by task name: each task has its own smoke, lab
@@ -228,7 +257,8 @@ def _task_of(task: str | None, dataset: str | None) -> str:
 
 def profile(name: str | None = None, task: str | None = None, **overrides: Any) -> Profile:
     """A copy of the profile ``name`` (default: ``$KDLAB_PROFILE`` or ``lab``) of ``task``
-    (default: the task of the ``dataset`` override where one is given, else classification).
+    (default: the task of the ``dataset`` override where one is given, else classification:
+    a grid cell or a command that names ``dataset="kvasir_seg"`` gets detection's recipe).
 
     ``overrides`` whose value is None are ignored, so a notebook's papermill parameters can
     default to None ("take the profile's value").

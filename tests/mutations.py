@@ -50,6 +50,10 @@ FITNET = "kdlab/methods/fitnet.py"
 FSP = "kdlab/methods/fsp.py"
 TINY = "kdlab/data/tinyimagenet.py"
 TABLE7_TESTS = ("tests/test_table7_methods.py",)
+KDML_DET = "kdlab/methods/kdml_detection.py"
+DETECTION = "kdlab/tasks/detection.py"
+DET_METHOD_TESTS = ("tests/test_detection_kdml.py",)
+DET_TASK_TESTS = ("tests/test_detection_task.py",)
 
 
 @dataclass(frozen=True)
@@ -625,6 +629,70 @@ MUTATIONS = [
         ' or row["metric"] != metric',
         "",
         ("tests/test_reid_grid.py",),
+    ),
+    Mutation(
+        "det-kl-direction",
+        "detection's mutual term KL(p_s ‖ p_peer) instead of KL(sg p_peer ‖ p_s)",
+        KDML_DET,
+        "sum(mutual_kl(z, peer) for peer in z_peers)",
+        "sum(mutual_kl(peer, z) for peer in z_peers)",
+        DET_METHOD_TESTS,
+    ),
+    Mutation(
+        "det-ml-summed",
+        "detection's mutual term summed over the peers, not averaged",
+        KDML_DET,
+        "sum(mutual_kl(z, peer) for peer in z_peers) / len(z_peers)",
+        "sum(mutual_kl(z, peer) for peer in z_peers)",
+        DET_METHOD_TESTS,
+    ),
+    Mutation(
+        "det-regions-from-teacher",
+        "every student distilled on the first network's (the teacher's) proposals, not its own",
+        KDML_DET,
+        "regions = {name: passes[name].proposals for name in self.students}",
+        "regions = {name: passes[next(iter(passes))].proposals for name in self.students}",
+        DET_METHOD_TESTS,
+    ),
+    Mutation(
+        "det-peers-not-detached",
+        "the soft targets (teacher's, peers') not detached in the KL",
+        LOSSES,
+        "target = F.softmax(target_logits.detach().float() / temperature, dim=1)",
+        "target = F.softmax(target_logits.float() / temperature, dim=1)",
+        DET_METHOD_TESTS,
+    ),
+    Mutation(
+        "det-wbf-max-score",
+        "the fused box scored by its members' best score, not their mean (× found/M)",
+        DETECTION,
+        'conf_type="avg"',
+        'conf_type="max"',
+        DET_TASK_TESTS,
+    ),
+    Mutation(
+        "det-wbf-height-width",
+        "boxes normalised by (H, W) instead of (W, H) before fusion",
+        DETECTION,
+        "scale = torch.tensor([width, height, width, height], dtype=torch.float32)",
+        "scale = torch.tensor([height, width, height, width], dtype=torch.float32)",
+        DET_TASK_TESTS,
+    ),
+    Mutation(
+        "det-map-is-map50",
+        "the headline mAP@[.5:.95] reported as mAP@0.5",
+        DETECTION,
+        '"map": 100 * float(result["map"])',
+        '"map": 100 * float(result["map_50"])',
+        DET_TASK_TESTS,
+    ),
+    Mutation(
+        "det-flip-corners",
+        "a flipped box keeps its corners' order: x1 ↦ W − x1, x2 ↦ W − x2",
+        "kdlab/data/boxes.py",
+        "[width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]]",
+        "[width - boxes[:, 0], boxes[:, 1], width - boxes[:, 2], boxes[:, 3]]",
+        ("tests/test_detection_data.py",),
     ),
 ]
 

@@ -172,7 +172,10 @@ def test_every_notebook_checks_for_a_gpu_in_its_first_code_cell():
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         cells = json.loads(path.read_text())["cells"]
         first = next(c for c in cells if c["cell_type"] == "code")
-        assert "".join(first["source"]) == nbtools.setup_source().rstrip("\n"), path.name
+        extras = nbtools.NOTEBOOK_EXTRAS.get(path.name, "")
+        assert "".join(first["source"]) == nbtools.setup_source(extras=extras).rstrip("\n"), (
+            path.name
+        )
         assert "gpu_check()" in "".join(first["source"])
 
 

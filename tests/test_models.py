@@ -66,7 +66,7 @@ def _seed():
 
 
 def test_available_models_lists_fixed_names_and_wrn_pattern():
-    names = available_models()
+    names = available_models("classifier")
     assert names[: len(FIXED_NAMES)] == FIXED_NAMES
     # Then the patterns: the wide ResNets, and the multi-branch families (models/branches.py).
     assert names[len(FIXED_NAMES) :] == [

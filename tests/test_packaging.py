@@ -99,8 +99,8 @@ def test_pyproject_and_environment_yml_agree():
     environment = ROOT / "environment.yml"
     if not environment.exists():
         pytest.skip("no environment.yml in this checkout")
-    # environment.yml is the core packages with the [lab] and [repro] extras.
-    pip = pyproject_names((ROOT / "pyproject.toml").read_text(), ("lab", "repro"))
+    # environment.yml is the core packages with the [lab], [repro] and [detection] extras.
+    pip = pyproject_names((ROOT / "pyproject.toml").read_text(), ("lab", "repro", "detection"))
     conda = conda_names(environment.read_text())
     assert pip, "pyproject.toml lists no dependencies"
     assert conda == pip, (

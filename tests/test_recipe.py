@@ -59,7 +59,8 @@ def test_label_smoothing_by_hand():
 def test_every_method_takes_the_recipes_label_smoothing():
     """The logged ``ce`` term of every network of every method scales with the smoothed CE: with
     ε = 0.3 it is CE_ε / CE_0 times the term without smoothing."""
-    assert set(BUILD) == set(kdlab.METHODS), "add the new method to BUILD"
+    classifying = {n for n, m in kdlab.METHODS.items() if "classification" in m.tasks}
+    assert set(BUILD) == classifying, "add the new method to BUILD"
     torch.manual_seed(0)
     x, y = torch.randn(12, 1, 8, 8), torch.arange(12) % 10
     for name, needs in BUILD.items():

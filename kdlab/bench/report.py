@@ -101,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--models", help="comma-separated architectures, one row set each (default: resnet32)"
     )
     parser.add_argument("--teacher", help="the kd row's teacher (default: the same architecture)")
-    parser.add_argument("--batch-size", type=int, default=64, help="default 64 (DML's recipe)")
+    parser.add_argument("--batch-size", type=int, help="default 64 (DML's recipe); detection 8")
     parser.add_argument("--steps", type=int, help="timed steps per path and row (default 30)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 3)")
     parser.add_argument("--rounds", type=int, help="alternating reference/kdlab blocks (default 2)")
@@ -114,14 +114,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="seconds: cnn_tiny, few steps")
     parser.add_argument("--json", help="also save the numbers to this file")
+    parser.add_argument("--task", default="classification", choices=["classification", "detection"],
+                        help="detection: one epoch of kdml_det on Kvasir-SEG's shape "
+                        "(kdlab.bench.detection)")  # fmt: skip
+    parser.add_argument("--size", type=int, default=320, help="detection: image side (320)")
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "task", "classification") == "detection":
+        from .detection import main as detection_main
+
+        return detection_main(args)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     quick = args.quick
     models = args.models or ("cnn_tiny" if quick else "resnet32")
     settings = dict(
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or 64,
         steps=args.steps or (3 if quick else 30),
         warmup=args.warmup or (1 if quick else 3),
         rounds=args.rounds or (1 if quick else 2),

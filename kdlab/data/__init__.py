@@ -14,6 +14,9 @@ the task for its loaders and its evaluation and never branches on a data set's n
 - :mod:`.msi`: MSI vs MSS histology tiles (colorectal, gastric), never downloaded;
 - :mod:`.reid_digits`: an embedded re-identification stand-in (retrieval task);
 - :mod:`.market1501`: Market-1501, person re-identification (a manual download).
+- :mod:`.boxes`: :class:`~.boxes.DetectionDataset` (images with boxes), its device loader, and
+  boxes from masks; :mod:`.polyps`: Kvasir-SEG, CVC-ClinicDB and the embedded *synthetic* polyps
+  (the ``detection`` task).
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ set's task says which kind it trains (:mod:`kdlab.tasks`).
 
 - :mod:`.cifar`: the CIFAR ResNets, wide ResNets, a MobileNet for 32×32 and small CNNs;
 - :mod:`.preact`: the pre-activation bottleneck ResNet-164;
-- :mod:`.imagenet`: ImageNet-sized MobileNetV1 (timm), InceptionV1 and ResNet-50 (torchvision).
+- :mod:`.imagenet`: ImageNet-sized MobileNetV1 (timm), InceptionV1 and ResNet-50 (torchvision);
+- :mod:`.detection`: torchvision's Faster R-CNN detectors (``kind="detector"``; their own
+  interface, see the module) and CPU-sized ones.
 """
 
 from __future__ import annotations
@@ -37,7 +39,14 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["available_models", "build_model", "model_kind", "register_model", "register_pattern"]
+__all__ = [
+    "available_models",
+    "build_model",
+    "model_kind",
+    "register_model",
+    "register_pattern",
+    "without_weights",
+]
 
 KINDS = ("classifier", "detector")
 
@@ -132,6 +141,15 @@ def _find(name: str) -> tuple[Callable[..., nn.Module], str]:
 def model_kind(name: str) -> str:
     """``"classifier"`` or ``"detector"``: what the network ``name`` is; ValueError if unknown."""
     return _find(name)[1]
+
+
+def without_weights(name: str) -> dict[str, Any]:
+    """The options that build ``name``'s architecture without fetching pretrained weights:
+    ``{"pretrained": False}`` where its builder takes a ``pretrained`` option (a name that means
+    pretrained weights, e.g. ``fasterrcnn_resnet50_fpn_coco``), else ``{}``. For a network whose
+    weights come from elsewhere (a checkpoint) or are not needed (a grid's checks)."""
+    build = _find(name)[0]
+    return {"pretrained": False} if "pretrained" in inspect.signature(build).parameters else {}
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3, **options: Any) -> nn.Module:

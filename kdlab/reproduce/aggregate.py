@@ -46,13 +46,18 @@ EXPLANATION = (
 )
 
 
-def _what(metrics) -> str:
-    """What the final and best columns hold: the label of each headline metric in the table."""
+def _what(results) -> str:
+    """What the final and best columns hold: the label of each headline metric in the table,
+    read from each row's data set's task (retrieval and detection both call theirs ``map``)."""
+    from ..data import DATASETS
     from ..tasks import TASKS
 
-    labels = {cls.metric: cls.metric_label for cls in TASKS.values()}
-    found = [f"Test {labels.get(m, m)}" for m in dict.fromkeys(metrics)]
-    return "; ".join(found) or "Test top-1 accuracy (%)"
+    found = []
+    for metric, dataset in zip(results["metric"], results["dataset"]):
+        entry = DATASETS.get(dataset)
+        task = TASKS.get(entry.task) if entry is not None else None
+        found.append(f"Test {task.metric_label if task and task.metric == metric else metric}")
+    return "; ".join(dict.fromkeys(found)) or "Test top-1 accuracy (%)"
 
 
 def markdown_table(frame) -> str:
@@ -247,7 +252,7 @@ def _write_markdown(out: Path, results, unfinished: Sequence[Mapping]) -> None:
     preamble = [f"# Results: grid {info.get('name', out.name)}", ""]
     if info.get("description"):
         preamble += [info["description"].strip(), ""]
-    preamble.append(EXPLANATION.format(what=_what(results["metric"])))
+    preamble.append(EXPLANATION.format(what=_what(results)))
     columns = ["method", "networks", "dataset", "parameters", "network", "n", "final", "best",
                "best epoch", "published", "params · MACs (M)"]  # fmt: skip
     columns += [f"final {m}" for m in _other_names(results)]

@@ -45,7 +45,8 @@ CONTRACT = {
     "run_name": "the main run's folder name under out_dir (a grid sets it)",
     "data_root": "the dataset cache folder (None: kdlab.data.default_root())",
     "seeds": "e.g. [0, 1, 2]",
-    "dataset": "digits, cifar10, cifar100, pathmnist, reid_digits, market1501",
+    "dataset": "digits, cifar10, cifar100, pathmnist, reid_digits, market1501, "
+    "synthetic_polyps, kvasir_seg, cvc_clinicdb…",
     **{key: "the training recipe (None: the profile's)" for key in SETTINGS},
 }
 # The notebook whose main run is each method's (a glob in the notebooks folder).
@@ -55,6 +56,7 @@ METHOD_NOTEBOOKS = {
     "adml": "03_*.ipynb",
     "tadml": "04_*.ipynb",
     "kdml": "05_*.ipynb",
+    "kdml_det": "09_*.ipynb",
 }
 RUN_NAME = "main"  # the run name a grid gives every cell
 # The runner also declares the optional recipe settings (optimizer, betas, label_smoothing).
@@ -145,6 +147,11 @@ def train_one(
     method_cls = get_method(method)
     first = method_cls.teacher_mode == "pretrained" or bool(params.get("pretrained_teacher"))
     if first and isinstance(teacher, str) and not is_checkpoint_path(teacher):
+        if data.task.name not in get_method("independent").tasks:
+            raise ValueError(
+                f"{method} with a pretrained teacher needs a trained {data.task.model_kind}: give "
+                f"a network or a saved checkpoint (.pt) as teacher, not the name {teacher!r}"
+            )
         n, c = data.num_classes, data.in_channels
         students = [build_model(arch, n, c) for arch in models]
         roles = {f"{method_cls.role}{i}": net for i, net in enumerate(students, 1)}

@@ -149,11 +149,13 @@ def _as_list(where: str, key: str, value: Any, kind: type) -> list:
 
 @functools.cache
 def _known_model(arch: str) -> bool:
-    from ..models import build_model
+    """A registered name (a pattern's rule checked too), without building it: building would
+    fetch a pretrained detector's weights."""
+    from ..models import model_kind
 
     try:
-        build_model(arch, 10, 3)
-    except (ValueError, KeyError):
+        model_kind(arch)
+    except (ValueError, TypeError):
         return False
     return True
 
@@ -323,14 +325,18 @@ def _check_builds(here: str, cell: Cell) -> None:
 @functools.cache
 def _build_error(key: str) -> str | None:
     """The one-line error of building a method as ``key`` says (see :func:`_check_builds`)."""
-    from ..models import build_model
+    from ..models import build_model, without_weights
     from ..train import _role_names
 
     method, models, teacher, params, batch_size = json.loads(key)
     method_cls = get_method(method)
     roles = _role_names(method_cls, len(models))
-    networks = {role: build_model(arch, 10, 3) for role, arch in zip(roles, models)}
-    extra = {"teacher": build_model(teacher, 10, 3)} if method_cls.teacher_mode else {}
+
+    def build(arch: str):  # the architecture, never its pretrained weights (a download)
+        return build_model(arch, 10, 3, **without_weights(arch))
+
+    networks = {role: build(arch) for role, arch in zip(roles, models)}
+    extra = {"teacher": build(teacher)} if method_cls.teacher_mode else {}
     try:
         method_cls(networks, **extra, **params).check_batch_size(batch_size)
     except (TypeError, ValueError) as error:
