@@ -35,7 +35,10 @@ LOSSES = "kdlab/losses.py"
 ADML = "kdlab/methods/adml.py"
 TADML = "kdlab/methods/tadml.py"
 METRICS = "kdlab/metrics.py"
+PLOTS = "kdlab/plots.py"
+LIVE = "kdlab/live.py"
 MUTUAL_TESTS = ("tests/test_mutual.py",)
+FIGURE_TESTS = ("tests/test_figures.py",)
 METRIC_TESTS = ("tests/test_metrics.py", "tests/test_kdml.py")
 
 
@@ -145,6 +148,54 @@ MUTATIONS = [
         "return (0.5 * (kl(p) + kl(q))).clamp_min(0.0)",
         "return (0.25 * (kl(p) + kl(q))).clamp_min(0.0)",
         METRIC_TESTS,
+    ),
+    Mutation(
+        "curves-per-seed",
+        "multi-run figures draw one line and legend entry per seed instead of a mean and a band",
+        PLOTS,
+        "return {setting: dict(seeds) for setting, seeds in runs.items()}",
+        "return {f'{s} s{k}': {k: r} for s, seeds in runs.items() for k, r in seeds.items()}",
+        FIGURE_TESTS,
+    ),
+    Mutation(
+        "curves-one-line-style",
+        "every network of a setting drawn in its colour with the same line style",
+        PLOTS,
+        "styles = {} if split else {p: _STYLES[i % len(_STYLES)] for i, p in enumerate(plain)}",
+        "styles = {}",
+        FIGURE_TESTS,
+    ),
+    Mutation(
+        "curves-legend-inside",
+        "the legend of a multi-run figure drawn over the axes",
+        PLOTS,
+        'loc="outside right upper"',
+        'loc="upper right"',
+        FIGURE_TESTS,
+    ),
+    Mutation(
+        "accuracy-n-counts-seeds",
+        "every value of a cohort counted as a seed (n = 6 seeds for 3 seeds × 2 networks)",
+        PLOTS,
+        'return flat, f"{len(flat)} ({seeds} × {nets} networks)"',
+        'return flat, _plural(len(flat), "seed")',
+        FIGURE_TESTS,
+    ),
+    Mutation(
+        "accuracy-break-unmarked",
+        "an accuracy axis that starts above zero without its break mark",
+        PLOTS,
+        "        _mark_break(ax)\n",
+        "",
+        FIGURE_TESTS,
+    ),
+    Mutation(
+        "settings-bar-from-minimum",
+        "the settings chart scales each bar from its slider's minimum (K = 2 of 2…4 drawn empty)",
+        LIVE,
+        "[w.value / s for w, s in zip(numeric.values(), scales)]",
+        "[(w.value - w.min) / ((w.max - w.min) or 1) for w in numeric.values()]",
+        FIGURE_TESTS,
     ),
 ]
 
