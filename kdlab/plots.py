@@ -113,10 +113,16 @@ def _spread(values) -> tuple[list[float], str]:
 
 
 def _mark_break(ax) -> None:
-    """The // of a broken axis at the left end of the x axis: the axis does not start at zero."""
-    kw = dict(transform=ax.transAxes, color="k", lw=1, clip_on=False, gid="axis-break")
-    for dx in (-0.012, 0.0):
-        ax.plot([dx - 0.008, dx + 0.008], [-0.03, 0.03], **kw)
+    """The // of a broken axis at the left end of the x axis (the axis does not start at zero):
+    one marker, so its size is in points whatever the size of the axes."""
+    from matplotlib.path import Path as Shape
+
+    moves = [Shape.MOVETO, Shape.LINETO] * 2
+    slashes = Shape([(-1.6, -1.0), (-0.4, 1.0), (0.4, -1.0), (1.6, 1.0)], moves)
+    ax.plot(
+        [0], [0], transform=ax.transAxes, marker=slashes, markersize=12, color="k", ls="none",
+        clip_on=False, zorder=5, gid="axis-break",
+    )  # fmt: skip
 
 
 def accuracy_points(
@@ -125,7 +131,8 @@ def accuracy_points(
     published: Mapping[str, float] | None = None,
 ) -> Figure:
     """Mean ± sample sd of each set-up as a point with an error bar, every run as a dot: one row
-    per set-up, so that many set-ups with long names stay readable.
+    per set-up, so that many set-ups with long names stay readable. Set-ups named
+    ``"group: member"`` (a grid's cell and one of its networks) share their group's colour.
 
     ``results[setup]``: one value per seed (a sequence), or ``{seed: value}``, or ``{seed:
     [value per network]}`` when every network of a cohort counts (n = seeds × networks, and the
@@ -138,7 +145,10 @@ def accuracy_points(
     names = list(results)
     spread = {n: _spread(results[n]) for n in names}
     counts = {what for _, what in spread.values()}
-    colours = dict(zip(names, palette(len(names))))
+    # One colour per set-up; set-ups named "group: member" share their group's colour.
+    groups = list(dict.fromkeys(n.partition(": ")[0] for n in names))
+    by_group = dict(zip(groups, palette(len(groups))))
+    colours = {n: by_group[n.partition(": ")[0]] for n in names}
     longest = max(len(n) for n in names)
     fig = Figure(figsize=(5.0 + 0.065 * longest, 0.42 * len(names) + 1.5), layout="constrained")
     ax = fig.subplots()

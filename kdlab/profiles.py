@@ -5,7 +5,7 @@
   (cached in ``data/`` or downloadable) and a GPU is there, otherwise the embedded digits set-up
   (a CPU runtime gets minutes of digits, not hours of CIFAR; ask for ``dataset="cifar10"`` to
   train it on the CPU anyway).
-- ``paper``: the published schedule of METHODS.md (CIFAR-100, 200 epochs, lr 0.1 ÷10 at 60,
+- ``paper``: the published schedule of METHODS.md §3 (CIFAR-100, 200 epochs, lr 0.1 ÷10 at 60,
   120, 180, batch 64, three seeds), for a GPU.
 
 The embedded digits set-up is chosen so that distillation has room to show: the student

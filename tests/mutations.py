@@ -1,8 +1,9 @@
 """Named mutations: plant one known bug at a time in a copy of kdlab and check a test catches it.
 
 Each mutation is an exact source substitution in ``kdlab/`` (the bugs of issue 15: plausible
-slips in the losses, the methods and the metrics). For each one the script copies ``kdlab/``,
-``tests/`` and ``pyproject.toml`` to a throwaway folder, applies the substitution there, and runs
+slips in the losses, the methods and the metrics; those of issue 22: figures that misstate their
+runs, documents that drift from the code). For each one the script copies ``kdlab/``,
+``tests/``, ``notebooks/``, ``README.md`` and ``pyproject.toml`` to a throwaway folder, applies the substitution there, and runs
 only the test files that concern it, with the copy first on ``PYTHONPATH``. A failing test run
 *kills* the mutation; a passing one lets it *survive*. A target text that is not found exactly
 once is an *error* (the code has moved: update the mutation), and so is a test run that cannot
@@ -39,6 +40,7 @@ PLOTS = "kdlab/plots.py"
 LIVE = "kdlab/live.py"
 MUTUAL_TESTS = ("tests/test_mutual.py",)
 FIGURE_TESTS = ("tests/test_figures.py",)
+DOCUMENT_TESTS = ("tests/test_documents.py",)
 METRIC_TESTS = ("tests/test_metrics.py", "tests/test_kdml.py")
 
 
@@ -197,16 +199,50 @@ MUTATIONS = [
         "[(w.value - w.min) / ((w.max - w.min) or 1) for w in numeric.values()]",
         FIGURE_TESTS,
     ),
+    Mutation(
+        "run-folder-without-train-size",
+        "config.json does not record how many training images the run had",
+        "kdlab/callbacks.py",
+        '{**settings, "train_size": len(dataset.train_labels), **used}',
+        "{**settings, **used}",
+        DOCUMENT_TESTS,
+    ),
+    Mutation(
+        "digits-grid-without-dkd",
+        "the digits grid, said to run every method, leaves DKD out",
+        "kdlab/grids/digits.yaml",
+        "  - method: dkd\n",
+        "  - method: kd\n",
+        DOCUMENT_TESTS,
+    ),
+    Mutation(
+        "methods-reference-without-5",
+        "the methods reference loses the section that TADML's docstrings cite",
+        "kdlab/METHODS.md",
+        "## 5. Topology-guided",
+        "## Topology-guided",
+        DOCUMENT_TESTS,
+    ),
+    Mutation(
+        "published-number-drifts",
+        "a published number in the table no longer agrees with the methods reference",
+        "kdlab/reproduce/published.csv",
+        "dml,resnet32 resnet32,,71.86 71.89",
+        "dml,resnet32 resnet32,,71.68 71.89",
+        DOCUMENT_TESTS,
+    ),
 ]
 
 
 def make_copy(folder: Path) -> Path:
-    """The package, the tests and the project file under ``folder/repo`` (no data, no venv)."""
+    """The package, the tests, the notebooks (without their screenshots), the README and the
+    project file under ``folder/repo`` (no data, no venv): the document tests read them all."""
     repo = folder / "repo"
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("kdlab", "tests"):
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "assets")
+    for name in ("kdlab", "tests", "notebooks"):
         shutil.copytree(ROOT / name, repo / name, ignore=ignore)
-    shutil.copy2(ROOT / "pyproject.toml", repo / "pyproject.toml")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, repo / name)
     (repo / "data").mkdir()
     return repo
 

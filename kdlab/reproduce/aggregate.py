@@ -30,8 +30,8 @@ EXPLANATION = (
     "Test top-1 accuracy (%). **final**: the last epoch; **best**: the best epoch, chosen on the "
     "test split itself (an optimistic number). Mean ± sample standard deviation over the n "
     "seeds (± 0.00 with one seed is no estimate of the noise). **published**: the papers' "
-    "numbers for the same method, networks and dataset (METHODS.md; their protocol, not "
-    "measured here)."
+    "numbers for the same method, networks and dataset (kdlab/reproduce/published.csv, sources "
+    "in kdlab/METHODS.md; their protocol, not measured here)."
 )
 
 
@@ -137,7 +137,9 @@ def _published_for_network(spec: Mapping, dataset: str | None, network: str, arc
     names = [n for n in ("net", "peer", "student") if network.startswith(n)]
     digits = network[len(names[0]) :] if names else ""
     position = int(digits) - 1 if digits.isdigit() else 0
-    found = published_for(dataset, spec["method"], list(spec["models"]), spec["teacher"])
+    found = published_for(
+        dataset, spec["method"], list(spec["models"]), spec["teacher"], spec.get("params")
+    )
     return found[position] if position < len(found) else []
 
 
