@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LOSSES = "kdlab/losses.py"
 ADML = "kdlab/methods/adml.py"
 TADML = "kdlab/methods/tadml.py"
+CLASSIFICATION = "kdlab/tasks/classification.py"
 METRICS = "kdlab/metrics.py"
 PLOTS = "kdlab/plots.py"
 LIVE = "kdlab/live.py"
@@ -130,7 +131,7 @@ MUTATIONS = [
     Mutation(
         "ensemble-mean-logits",
         "the ensemble averages the members' logits instead of their softmax outputs",
-        METRICS,
+        CLASSIFICATION,
         "mean = torch.stack(list(probs.values())).mean(0)",
         "mean = torch.stack([logits[name] for name in ensemble]).mean(0)",
         METRIC_TESTS,
