@@ -378,7 +378,11 @@ def training_curves(
     columns = max(1, min(len(panels), 3))
     rows = -(-len(panels) // columns) if panels else 1
     longest = max((len(h.get_label()) for h in handles), default=0)
-    width = 3.7 * columns + (0.062 * longest + 0.7 if handles else 0.0)
+    legend_width = 0.062 * longest + 0.7 if handles else 0.0
+    heading = "\n".join(t for t in (title, _seed_counts(runs)) if t)
+    # Wide enough for the heading (left-aligned above the panels) beside the legend.
+    text_width = 0.075 * max((len(line) for line in heading.split("\n")), default=0)
+    width = max(3.7 * columns + legend_width, text_width + legend_width + 0.4)
     height = max(2.9 * rows + 0.6, 0.19 * len(handles) + 0.8)
     fig = Figure(figsize=(width, height), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).flatten()
@@ -400,9 +404,8 @@ def training_curves(
         ax.grid(alpha=0.3)
     if handles:
         fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
-    heading = "; ".join(t for t in (title, _seed_counts(runs)) if t)
     if heading:
-        fig.suptitle(heading, fontsize=10)
+        fig.suptitle(heading, fontsize=10, x=0.02, ha="left")
     return fig
 
 

@@ -138,6 +138,7 @@ def test_multi_run_figures_aggregate_and_stay_readable(name):
     renderer = fig.canvas.get_renderer()
     outside = legend.get_window_extent(renderer)
     assert not any(outside.overlaps(ax.get_window_extent(renderer)) for ax in axes)
+    assert not outside.overlaps(fig._suptitle.get_window_extent(renderer))
     labels = [t.get_text() for t in legend.get_texts()]
     if len(runs) > 1:
         assert [label for label in labels if label in runs] == list(runs)
