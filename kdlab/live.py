@@ -142,7 +142,7 @@ class LivePlot:
 
     def figure(self) -> Figure:
         """The current plot as a Figure (also usable after training, headless)."""
-        from .plots import training_curves
+        from .multirun import training_curves
 
         return training_curves(
             self.runs, self.metrics, networks=self.networks, split=self.split, title=self.title
