@@ -228,11 +228,17 @@ def _seed_counts(runs) -> str:
     return f"line: mean over n = {n} seeds, band: ± 1 sd"
 
 
+def _by_setting(settings, split) -> bool:
+    """Colour by setting (else by network position): with several settings, or with one panel
+    per network, where the panels already tell the networks apart."""
+    return len(settings) > 1 or split
+
+
 def _encodings(settings, positions, split):
-    """Colours and line styles: with several settings, a colour per setting and a style per
-    network position (the ensemble dashed); with one, a colour per position."""
+    """Colours and line styles: with several settings (or small multiples), a colour per setting
+    and a style per network position (the ensemble dashed); otherwise a colour per position."""
     plain = [p for p in positions if p != "ensemble"]
-    if len(settings) > 1:
+    if _by_setting(settings, split):
         colours = dict(zip(settings, palette(len(settings))))
         styles = {} if split else {p: _STYLES[i % len(_STYLES)] for i, p in enumerate(plain)}
     else:
@@ -243,10 +249,10 @@ def _encodings(settings, positions, split):
     return colours, styles
 
 
-def _legend(settings, positions, shown, colours, styles):
+def _legend(settings, positions, shown, colours, styles, split):
     from matplotlib.lines import Line2D
 
-    if len(settings) == 1:
+    if not _by_setting(settings, split):
         return [
             Line2D([], [], color=colours[p], ls=styles.get(p, "-"), lw=2, label=shown[p])
             for p in positions
@@ -307,7 +313,7 @@ def training_curves(
     else:
         panels = [p for p in ([s for s in slots if s[0] == m] for m in metrics) if p]
     colours, styles = _encodings(settings, positions, split)
-    handles = _legend(settings, positions, shown, colours, styles)
+    handles = _legend(settings, positions, shown, colours, styles, split)
 
     columns = max(1, min(len(panels), 3))
     rows = -(-len(panels) // columns) if panels else 1
@@ -324,9 +330,8 @@ def training_curves(
         ax.set_visible(False)
     for ax, panel in zip(axes, panels or [[("acc", "")]]):
         for metric, position in panel:
-            colour_of = (
-                (lambda s: colours[s]) if len(settings) > 1 else (lambda s, p=position: colours[p])
-            )
+            by_setting = _by_setting(settings, split)
+            colour_of = (lambda s: colours[s]) if by_setting else (lambda s, p=position: colours[p])
             _draw_curves(
                 ax, curves.get((metric, position), {}), colour_of, styles.get(position, "-")
             )
