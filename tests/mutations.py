@@ -45,6 +45,9 @@ DOCUMENT_TESTS = ("tests/test_documents.py",)
 FOLDER_TESTS = ("tests/test_run_folders.py",)
 COMMAND_TESTS = ("tests/test_newcomer_commands.py",)
 METRIC_TESTS = ("tests/test_metrics.py", "tests/test_kdml.py")
+ONLINE = "kdlab/methods/{}.py"
+ONLINE_TESTS = ("tests/test_online_family.py",)
+BRANCH_TESTS = ("tests/test_branches.py",)
 FITNET = "kdlab/methods/fitnet.py"
 FSP = "kdlab/methods/fsp.py"
 TINY = "kdlab/data/tinyimagenet.py"
@@ -470,6 +473,144 @@ MUTATIONS = [
         'num_classes=classes, average="macro")\n',
         'num_classes=classes, average="micro")\n',
         ("tests/test_unbalanced_metrics.py",),
+    ),
+    # The online family (issue 21, METHODS.md §11).
+    Mutation(
+        "one-gate-softmax-over-batch",
+        "ONE's gate normalised over the batch instead of over the branches",
+        ONLINE.format("one"),
+        "return F.softmax(scores.float(), dim=1)",
+        "return F.softmax(scores.float(), dim=0)",
+        ONLINE_TESTS,
+    ),
+    Mutation(
+        "one-teacher-not-detached",
+        "ONE's gated ensemble left attached as the KL target (gradient into the gate)",
+        ONLINE.format("one"),
+        '"kd": w * sum(kd_loss(z, z_e, p.temperature) for z in branches)',
+        '"kd": w * sum(p.temperature**2 * F.kl_div(F.log_softmax(z / p.temperature, 1), '
+        'F.softmax(z_e / p.temperature, 1), reduction="batchmean") for z in branches)',
+        ONLINE_TESTS,
+    ),
+    Mutation(
+        "one-no-t-squared",
+        "ONE's KL without the T² factor",
+        ONLINE.format("one"),
+        "kd_loss(z, z_e, p.temperature) for z in branches",
+        "kd_loss(z, z_e, p.temperature) / p.temperature**2 for z in branches",
+        ONLINE_TESTS,
+    ),
+    Mutation(
+        "cl-mean-of-all-branches",
+        "CL-ILR's target the mean of all branches, the learner's own included",
+        ONLINE.format("cl_ilr"),
+        "return (logits.sum(1, keepdim=True) - logits) / (m - 1)",
+        "return logits.mean(1, keepdim=True).expand_as(logits)",
+        ONLINE_TESTS,
+    ),
+    Mutation(
+        "cl-trunk-gradient-not-divided",
+        "CL-ILR without backpropagation rescaling: the trunk takes the branches' summed gradient",
+        ONLINE.format("cl_ilr"),
+        "net.trunk_grad_scale = 1.0 / net.num_branches if self.params.ilr else 1.0",
+        "net.trunk_grad_scale = 1.0",
+        ONLINE_TESTS,
+    ),
+    Mutation(
+        "okddip-peers-not-detached",
+        "OKDDip's attention-weighted targets send gradient into the other peers",
+        ONLINE.format("okddip"),
+        "return torch.bmm(attention, logits[:, :n].detach().float())",
+        "return torch.bmm(attention, logits[:, :n].float())",
+        ONLINE_TESTS,
+    ),
+    Mutation(
+        "okddip-leader-in-its-target",
+        "OKDDip's leader learns from the mean of every branch, itself included",
+        ONLINE.format("okddip"),
+        "leader_term = kd_loss(leader, peers.mean(1), p.temperature)",
+        "leader_term = kd_loss(leader, logits.mean(1), p.temperature)",
+        ONLINE_TESTS,
+    ),
+    Mutation(
+        "kdcl-one-view-for-all",
+        "KDCL's students all see the first augmented view",
+        ONLINE.format("kdcl"),
+        "inputs = as_views(x, len(self.networks))",
+        "inputs = as_views(x[0] if isinstance(x, tuple) else x, len(self.networks))",
+        ONLINE_TESTS,
+    ),
+    Mutation(
+        "kdcl-max-logit",
+        "KDCL's minimum-logit teacher takes the maximum",
+        ONLINE.format("kdcl"),
+        "return (z - true).min(0).values",
+        "return (z - true).max(0).values",
+        ONLINE_TESTS,
+    ),
+    Mutation(
+        "pcl-ema-before-step",
+        "PCL's temporal means updated before the optimizer's step",
+        ONLINE.format("pcl"),
+        '        update({self.net_name: terms}, also_step=("head",))\n        self.update_means()',
+        '        self.update_means()\n        update({self.net_name: terms}, also_step=("head",))',
+        ONLINE_TESTS,
+    ),
+    Mutation(
+        "pcl-ema-trainable",
+        "PCL's temporal means left trainable",
+        ONLINE.format("pcl"),
+        "mean.requires_grad_(False)",
+        "mean.requires_grad_(True)",
+        ONLINE_TESTS,
+    ),
+    Mutation(
+        "pcl-ema-no-warm-up",
+        "PCL's temporal means at decay 0.999 from the first step (no true mean at first)",
+        ONLINE.format("pcl"),
+        "alpha = (1.0 - 1.0 / (updates + 1.0)).clamp(max=self.params.ema_decay)",
+        "alpha = torch.tensor(self.params.ema_decay)",
+        ONLINE_TESTS,
+    ),
+    Mutation(
+        "pcl-own-mean-as-target",
+        "PCL's peers learn from every temporal mean, their own included",
+        ONLINE.format("pcl"),
+        "sum(kd_loss(z, z_mean[:, l], t) for l in range(m) if l != i) / (m - 1)",
+        "sum(kd_loss(z, z_mean[:, l], t) for l in range(m)) / m",
+        ONLINE_TESTS,
+    ),
+    Mutation(
+        "rampup-counted-from-1",
+        "the ramp-up's epoch counted from 1 (the authors' loops count from 0)",
+        "kdlab/methods/base.py",
+        "current = min(max(epoch - 1, 0), length)",
+        "current = min(max(epoch, 0), length)",
+        ONLINE_TESTS,
+    ),
+    Mutation(
+        "rampup-reproduction-bug",
+        "the PCL reproduction's ramp-up (current / λ with λ = 1): w ≈ 0 for 80 epochs",
+        "kdlab/methods/base.py",
+        "return math.exp(-5.0 * (1.0 - current / length) ** 2)",
+        "return math.exp(-5.0 * (1.0 - current) ** 2)",
+        ONLINE_TESTS,
+    ),
+    Mutation(
+        "views-share-one-augmentation",
+        "the loader's views are one augmentation repeated",
+        "kdlab/data/images.py",
+        "views = [self._prepare(images) for _ in range(self.views)]",
+        "views = [self._prepare(images)] * self.views",
+        BRANCH_TESTS,
+    ),
+    Mutation(
+        "cost-macs-are-flops",
+        "MACs reported as FLOPs (not halved)",
+        "kdlab/cost.py",
+        "return counter.get_total_flops() / 2 / x.shape[0]",
+        "return counter.get_total_flops() / x.shape[0]",
+        BRANCH_TESTS,
     ),
 ]
 

@@ -62,8 +62,11 @@ def _seed():
 def test_available_models_lists_fixed_names_and_wrn_pattern():
     names = available_models()
     assert names[: len(FIXED_NAMES)] == FIXED_NAMES
-    assert names[-1] == "wrn_<depth>_<width>"
-    assert len(names) == len(FIXED_NAMES) + 1
+    # Then the patterns: the wide ResNets, and the multi-branch families (models/branches.py).
+    assert names[len(FIXED_NAMES) :] == [
+        "wrn_<depth>_<width>", "resnet<depth>_branches<m>", "wrn_<depth>_<width>_branches<m>",
+        "cnn[_small|_tiny]_branches<m>",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("bad", ["resnet21", "wrn", "wrn_16", "wrn_16_0", "ResNet20", ""])

@@ -105,6 +105,10 @@ class DeviceLoader:
     BatchNorm); with ``augment``, a random crop of the zero-padded image (``dataset.padding``
     pixels) and, where ``dataset.flip``, a horizontal flip with probability ½, drawn per sample;
     then ``(x / 255 − mean) / std`` in float32.
+
+    ``views`` > 1 (with ``augment``): each batch is ``(views_tuple, labels)``, a tuple of
+    ``views`` tensors holding the same images in the same order, each cropped and flipped with
+    its own draws (the per-student augmentation of KDCL and PCL, :attr:`kdlab.Method.views`).
     """
 
     def __init__(
@@ -122,9 +126,13 @@ class DeviceLoader:
         device: torch.device | str = "cpu",
         seed: int = 0,
         channels_last: bool = False,
+        views: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        if views < 1 or (views > 1 and not augment):
+            raise ValueError(f"views must be 1, or ≥ 1 with augment=True; got {views}")
+        self.views = views
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
@@ -206,10 +214,14 @@ class DeviceLoader:
         else:
             order = torch.arange(n, device=self.device)
         for idx in torch.tensor_split(order, len(self)):
-            x = self.images[idx]
-            if self.augment:
-                x = self._crop_and_flip(x)
-            x = (x.float() - self.mean) / self.std
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.labels[idx]
+            images = self.images[idx]
+            views = [self._prepare(images) for _ in range(self.views)]
+            yield (views[0] if self.views == 1 else tuple(views)), self.labels[idx]
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """One augmented (when ``augment``), normalised float32 copy of a batch of images."""
+        x = self._crop_and_flip(images) if self.augment else images
+        x = (x.float() - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x

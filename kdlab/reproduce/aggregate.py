@@ -7,7 +7,10 @@ mAP…), mean ± sample standard deviation over the seeds with n, the best epoch
 published number where the grid matches a published row. The task's other metrics (e.g. AUROC
 and balanced accuracy, ``final_auroc`` in a summary) get columns of their own: ``final_<m>`` in
 ``runs.csv``, ``<m>_mean`` and ``<m>_std`` (last epoch) in ``results.csv`` and ``results.md``.
-A grid's ``not_reproduced`` rows close ``results.md``, each with its reason.
+A grid's ``not_reproduced`` rows close ``results.md``, each with its reason. The compute of a
+run's summary (:mod:`kdlab.cost`) gets four columns: ``net_params`` and ``net_macs`` (per image)
+of the network, ``train_params`` and ``train_macs`` of everything the method trains and forwards
+in a step.
 """
 
 from __future__ import annotations
@@ -21,21 +24,25 @@ from ..io import write_text
 from .grid import short
 from .published import published_for
 
+COST_COLUMNS = ["net_params", "net_macs", "train_params", "train_macs"]
 RESULT_COLUMNS = [
     "label", "method", "models", "teacher", "dataset", "params", "settings", "profile",
     "network", "arch", "metric", "n", "seeds", "final_mean", "final_std", "best_mean", "best_std",
     "best_epoch_mean", "epochs", "agree_mean", "published", "published_sources",
+    *COST_COLUMNS,
 ]  # fmt: skip
 RUN_COLUMNS = [
     "label", "group", "method", "models", "dataset", "seed", "network", "arch", "metric", "final",
-    "best", "best_epoch", "epochs", "agree", "run", "executed",
+    "best", "best_epoch", "epochs", "agree", "run", "executed", *COST_COLUMNS,
 ]  # fmt: skip
 EXPLANATION = (
     "Test top-1 accuracy (%). **final**: the last epoch; **best**: the best epoch, chosen on the "
     "test split itself (an optimistic number). Mean ± sample standard deviation over the n "
     "seeds (± 0.00 with one seed is no estimate of the noise). **published**: the papers' "
     "numbers for the same method, networks and dataset (kdlab/reproduce/published.csv, sources "
-    "in kdlab/METHODS.md; their protocol, not measured here)."
+    "in kdlab/METHODS.md; their protocol, not measured here). **params · MACs**: the network's "
+    "parameters and multiply-accumulates per image (millions), then those of everything the "
+    "method trains and forwards in a step."
 )
 
 
@@ -77,6 +84,7 @@ def _run_rows(out: Path, record: Mapping) -> list[dict]:
     agreement = [v for k, v in summary.get("agreement", {}).items() if k.startswith("agree/")]
     agree = sum(agreement) / len(agreement) if agreement else None
     metric = summary.get("metric", "acc")
+    cost = summary.get("cost") or {}
     return [
         {**_other_metrics(entry, metric),
          "label": record["label"], "group": record["group"], "method": spec["method"],
@@ -84,9 +92,17 @@ def _run_rows(out: Path, record: Mapping) -> list[dict]:
          "seed": spec["seed"], "network": network, "arch": entry.get("arch", ""),
          "metric": metric, "final": entry[f"final_{metric}"], "best": entry[f"best_{metric}"],
          "best_epoch": entry["best_epoch"], "epochs": summary["epochs"], "agree": agree,
-         "run": record["run"], "executed": record.get("executed") or ""}
+         "run": record["run"], "executed": record.get("executed") or "",
+         **_cost_row(cost, network)}
         for network, entry in summary["networks"].items()
     ]  # fmt: skip
+
+
+def _cost_row(cost: dict, network: str) -> dict:
+    """The cost columns of one network's row (None where the summary has no cost)."""
+    own = (cost.get("networks") or {}).get(network, {})
+    return {"net_params": own.get("params"), "net_macs": own.get("macs"),
+            "train_params": cost.get("params"), "train_macs": cost.get("macs")}  # fmt: skip
 
 
 def _other_metrics(entry: Mapping, metric: str) -> dict[str, float]:
@@ -113,6 +129,7 @@ def _results(runs, specs: Mapping[str, Mapping]):
         best_mean=("best", "mean"), best_std=("best", "std"),
         best_epoch_mean=("best_epoch", "mean"), epochs=("epochs", "first"),
         agree_mean=("agree", "mean"),
+        **{column: (column, "first") for column in COST_COLUMNS},
         **{f"{m}_{how}": (f"final_{m}", how) for m in _extra_columns(runs) for how in ("mean", "std")},
     ).reset_index()  # fmt: skip
     stats[["final_std", "best_std"]] = stats[["final_std", "best_std"]].fillna(0.0)  # n = 1
@@ -184,9 +201,19 @@ def _markdown_rows(results) -> list[dict[str, Any]]:
             "best": f"{r['best_mean']:.2f} ± {r['best_std']:.2f}",
             "best epoch": f"{r['best_epoch_mean']:.1f} of {r['epochs']}",
             "published": r["published_sources"] or "–",
+            "params · MACs (M)": _millions(r),
             **{f"final {m}": _mean_std(r, m) for m in others},
         })  # fmt: skip
     return rows
+
+
+def _millions(r) -> str:
+    """``network params · MACs / all params · MACs`` in millions, or – without a cost."""
+    values = [r.get(c) for c in COST_COLUMNS]
+    if any(v is None or v != v for v in values):  # None, or NaN read back from a CSV
+        return "–"
+    own, train = values[:2], values[2:]
+    return " / ".join(" · ".join(f"{v / 1e6:.2f}" for v in pair) for pair in (own, train))
 
 
 def _mean_std(row: Mapping, metric: str) -> str:
@@ -205,7 +232,7 @@ def _write_markdown(out: Path, results, unfinished: Sequence[Mapping]) -> None:
         preamble += [info["description"].strip(), ""]
     preamble.append(EXPLANATION)
     columns = ["method", "networks", "dataset", "parameters", "network", "n", "final", "best",
-               "best epoch", "published"]  # fmt: skip
+               "best epoch", "published", "params · MACs (M)"]  # fmt: skip
     columns += [f"final {m}" for m in _other_names(results)]
     epilogue = []
     if unfinished:

@@ -6,7 +6,9 @@ the task for its loaders and its evaluation and never branches on a data set's n
 - ``train, test = task.loaders(dataset, config, device, channels_last=…)``: ``train`` yields the
   ``(x, y)`` batches a method's ``training_step(x, y, update, …)`` receives (it has ``len()``,
   ``min_batch_size`` and ``state_dict()`` / ``load_state_dict()`` for checkpoints); ``test`` is
-  whatever ``evaluate`` reads.
+  whatever ``evaluate`` reads. A task with ``multi_view = True`` also takes ``views=V`` (the
+  loop passes it only when the method asks for V > 1, :attr:`kdlab.Method.views`): its train
+  batches then hold a tuple of V independently augmented views of the same images.
 - ``task.evaluate(networks, test, ensemble)``: the record of one epoch's test metrics, keyed
   ``<metric>/<network>`` (and ``<metric>/ensemble`` for the members named in ``ensemble``), in
   float32 and without building a graph.
@@ -42,6 +44,7 @@ class Task:
     metric_label: ClassVar[str] = "top-1 accuracy (%)"
     model_kind: ClassVar[str] = "classifier"
     channels_last: ClassVar[bool] = True  # batches are 4-D image tensors that may go NHWC
+    multi_view: ClassVar[bool] = False  # loaders(…, views=V) gives V augmented views per image
 
     @property
     def metrics(self) -> tuple[str, ...]:
