@@ -94,6 +94,8 @@ class LivePlot:
     output, replacing the previous drawing in place. ``metrics`` chooses the panels: any of
     ``"acc"``, ``"agree"``, ``"js"``, ``"disc_acc"``; ``networks`` (e.g. ``("student",)``)
     limits the accuracy curves to those networks (default: every one).
+    ``"acc"`` stands for the tracked history's headline metric (``history.metric``: ``acc``
+    for classification, ``map`` for retrieval), so the same plot follows any task.
 
     Rendering a figure costs about half a second on a laptop CPU, more than a small network's
     epoch on digits, so a tracked run skips redraws to keep drawing under ``max_share`` of the
@@ -120,6 +122,7 @@ class LivePlot:
         self.networks = networks
         self.split = split
         self.runs: dict[str, dict[Any, list[dict]]] = {}  # setting → seed → per-epoch records
+        self.metric = "acc"  # the headline metric of the last tracked history
         self.draws = 0  # how many times the plot was drawn
         self._handle = None
         self._next_draw = 0.0  # time.perf_counter() before which a tracked epoch is not drawn
@@ -130,6 +133,7 @@ class LivePlot:
 
         def callback(record: dict, history) -> None:
             self.runs[setting][seed] = list(history)
+            self.metric = getattr(history, "metric", self.metric)
             last = getattr(history, "last_epoch", None)
             if last is None or record["epoch"] >= last or time.perf_counter() >= self._next_draw:
                 self.update()
@@ -144,9 +148,11 @@ class LivePlot:
         """The current plot as a Figure (also usable after training, headless)."""
         from .multirun import training_curves
 
+        metrics = [self.metric if m == "acc" else m for m in self.metrics]
         return training_curves(
-            self.runs, self.metrics, networks=self.networks, split=self.split, title=self.title
-        )
+            self.runs, metrics, networks=self.networks, split=self.split, title=self.title,
+            headline=self.metric,
+        )  # fmt: skip
 
     def update(self) -> None:
         """Draw the current plot now."""

@@ -139,6 +139,7 @@ accuracy_bars = accuracy_points
 
 PANEL_TITLES = {
     "acc": "test accuracy (%)",
+    "map": "test mAP (%)",
     "agree": "peer agreement (%)",
     "js": "mean JS (nats)",
     "disc_acc": "discriminator accuracy (train)",
@@ -184,7 +185,7 @@ def _as_runs(runs) -> dict[str, dict[Any, list[Mapping]]]:
     return {setting: dict(seeds) for setting, seeds in runs.items()}
 
 
-def _collect(runs, metrics, networks):
+def _collect(runs, metrics, networks, headline="acc"):
     """Every curve, ``{(metric, position): {setting: [points of one seed, …]}}``, and the
     network names behind each position (``{position: [names]}``)."""
     curves: dict[tuple[str, str], dict[str, list]] = {}
@@ -195,7 +196,7 @@ def _collect(runs, metrics, networks):
                 metric, _, name = key.partition("/")
                 if metric not in metrics or not name:
                     continue
-                if metric == "acc" and networks is not None and name not in networks:
+                if metric == headline and networks is not None and name not in networks:
                     continue
                 points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
                 if points:
@@ -287,14 +288,16 @@ def training_curves(
     networks: Sequence[str] | None = None,
     split: bool = False,
     title: str = "",
+    headline: str = "acc",
 ) -> Figure:
     """Curves of several settings, each trained with several seeds, aggregated over the seeds.
 
     ``runs``: ``{setting: {seed: history}}`` (a history is a list of per-epoch records, e.g. a
     :class:`kdlab.train.History`), or a long table with ``label``, ``seed`` and ``epoch``
     columns (the curves of :func:`kdlab.reproduce.load_results`). ``metrics``: the panels, any
-    of ``acc``, ``agree``, ``js``, ``disc_acc`` (those with no curve are left out);
-    ``networks`` limits the accuracy curves to those network names.
+    of ``acc``, ``map``, ``agree``, ``js``, ``disc_acc`` (those with no curve are left out);
+    ``networks`` limits the curves of the ``headline`` metric (the task's: ``acc``, ``map``) to
+    those network names.
 
     Each setting has one colour; its seeds are drawn as the mean line with a ± 1 sample sd band
     (over the seeds that reached each epoch). Networks at the same position are drawn alike
@@ -304,7 +307,7 @@ def training_curves(
     the figure grows with it so that every panel keeps its size.
     """
     runs = _as_runs(runs)
-    curves, shown = _collect(runs, metrics, networks)
+    curves, shown = _collect(runs, metrics, networks, headline)
     settings = [s for s in runs if any(s in per for per in curves.values())] or list(runs)
     slots = sorted(curves, key=lambda k: (list(metrics).index(k[0]), k[1] == "ensemble", k[1]))
     positions = list(dict.fromkeys(position for _, position in slots))

@@ -13,7 +13,8 @@ from .multirun import accuracy_bars, accuracy_points, palette, training_curves
 
 __all__ = [
     "example_grid", "soft_targets", "accuracy_points", "accuracy_bars", "training_curves",
-    "palette", "logit_losses", "teaching_graphs", "family_targets",
+    "palette", "logit_losses", "teaching_graphs", "family_targets", "retrieval_examples",
+    "identity_grid",
 ]  # fmt: skip
 
 
@@ -304,4 +305,84 @@ def family_targets(
     ax_p.get_xticklabels()[label].set_fontweight("bold")
     ax_p.set_title(f"branch 1's targets at T = {temperature:g} (label in bold)", fontsize=9)
     ax_p.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+# --------------------------------------------------------------------------- re-identification
+
+
+def retrieval_examples(dataset, results: Mapping, query: int = 0, k: int = 10) -> Figure:
+    """One query and, for every network of ``results`` (and the ensemble), its top-``k``
+    gallery images, framed **green** where the image shows the query's identity (a true match)
+    and **red** where it does not.
+
+    ``dataset``: a :class:`~kdlab.data.images.RetrievalDataset`; ``results``: name →
+    :class:`~kdlab.tasks.retrieval.RetrievalResult` with ``top`` lists (from
+    :func:`kdlab.tasks.retrieval.retrieve`); ``query``: the query's index. The lists are the
+    ones the protocol ranks: junk and the query's identity in the query's own camera are
+    already removed. Each row's label gives the network's AP on this query (– where the query
+    has no true match and is skipped).
+    """
+    q_images, q_ids, q_cams = dataset.query
+    g_images, g_ids, g_cams = dataset.gallery
+    identity = int(q_ids[query])
+    rows = list(results)
+    k = min(k, next(iter(results.values())).top.shape[1])
+    fig = Figure(figsize=(0.8 * (k + 1) + 1.6, 1.45 * len(rows) + 0.5), layout="constrained")
+    axes = fig.subplots(len(rows), k + 1, squeeze=False)
+    for row, name in enumerate(rows):
+        result = results[name]
+        ap = float(result.ap[query])
+        first = axes[row, 0]
+        first.imshow(_as_image(q_images[query]), cmap="gray", aspect="auto")
+        first.set_ylabel(f"{name}\nAP {'–' if ap != ap else f'{ap:.2f}'}", fontsize=8)
+        first.set_title(
+            f"query id {identity} c{int(q_cams[query])}" if row == 0 else "", fontsize=7
+        )
+        for col, index in enumerate(result.top[query, :k].tolist(), 1):
+            ax = axes[row, col]
+            if index >= 0:
+                right = int(g_ids[index]) == identity
+                ax.imshow(_as_image(g_images[index]), cmap="gray", aspect="auto")
+                ax.set_xlabel(f"{int(g_ids[index])} c{int(g_cams[index])}", fontsize=6, labelpad=1)
+                for spine in ax.spines.values():
+                    spine.set_color("tab:green" if right else "tab:red")
+                    spine.set_linewidth(3)
+            if row == 0:
+                ax.set_title(str(col), fontsize=7)
+        for ax in axes[row]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(
+        f"{dataset.name}: the top {k} of the gallery for one query "
+        "(green: the same identity, red: another; labels: identity and camera)",
+        fontsize=9,
+    )
+    return fig
+
+
+def identity_grid(dataset, identities: int = 6, per_identity: int = 8) -> Figure:
+    """Training images of the first ``identities`` identities of a re-ID data set, one row
+    each, ordered by camera (the label under each image: ``c<camera>``)."""
+    rows = list(range(min(identities, dataset.num_classes)))
+    fig = Figure(figsize=(0.8 * per_identity + 1.4, 1.25 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), per_identity, squeeze=False)
+    cams = dataset.train_cams
+    for row, label in enumerate(rows):
+        idx = (dataset.train_labels == label).nonzero().flatten()
+        if cams is not None:
+            idx = idx[torch.argsort(cams[idx], stable=True)]
+        for col in range(per_identity):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col < len(idx):
+                ax.imshow(_as_image(dataset.train_images[idx[col]]), cmap="gray", aspect="auto")
+                if cams is not None:
+                    ax.set_xlabel(f"c{int(cams[idx[col]])}", fontsize=7, labelpad=1)
+            if col == 0:
+                ax.set_ylabel(dataset.classes[label][:10], fontsize=7)
+    fig.suptitle(
+        f"{dataset.name}: training images of {len(rows)} identities (c: camera)", fontsize=9
+    )
     return fig

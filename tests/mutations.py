@@ -48,6 +48,9 @@ METRIC_TESTS = ("tests/test_metrics.py", "tests/test_kdml.py")
 ONLINE = "kdlab/methods/{}.py"
 ONLINE_TESTS = ("tests/test_online_family.py",)
 BRANCH_TESTS = ("tests/test_branches.py",)
+RETRIEVAL = "kdlab/tasks/retrieval.py"
+RETRIEVAL_TESTS = ("tests/test_retrieval.py",)
+REMOVED = "removed = (ids == JUNK) | (same_person & (cams == qcams[start:end]))"
 FITNET = "kdlab/methods/fitnet.py"
 FSP = "kdlab/methods/fsp.py"
 TINY = "kdlab/data/tinyimagenet.py"
@@ -611,6 +614,102 @@ MUTATIONS = [
         "return counter.get_total_flops() / 2 / x.shape[0]",
         "return counter.get_total_flops() / x.shape[0]",
         BRANCH_TESTS,
+    ),
+    Mutation(
+        "reid-same-camera-kept",
+        "the query's identity seen by the query's own camera is kept as a true match",
+        RETRIEVAL,
+        REMOVED,
+        "removed = ids == JUNK",
+        RETRIEVAL_TESTS,
+    ),
+    Mutation(
+        "reid-junk-counted",
+        "junk images (identity −1) counted as negatives instead of left out",
+        RETRIEVAL,
+        REMOVED,
+        "removed = same_person & (cams == qcams[start:end])",
+        RETRIEVAL_TESTS,
+    ),
+    Mutation(
+        "reid-distractors-dropped",
+        "distractors (identity 0) left out instead of kept as negatives",
+        RETRIEVAL,
+        REMOVED,
+        "removed = (ids <= 0) | (same_person & (cams == qcams[start:end]))",
+        RETRIEVAL_TESTS,
+    ),
+    Mutation(
+        "reid-camera-only",
+        "every gallery image of the query's camera removed, whatever its identity",
+        RETRIEVAL,
+        REMOVED,
+        "removed = (ids == JUNK) | (cams == qcams[start:end])",
+        RETRIEVAL_TESTS,
+    ),
+    Mutation(
+        "reid-ap-over-gallery",
+        "AP divided by the number of gallery images instead of the number of true matches",
+        RETRIEVAL,
+        "aps.append((precision * true).sum(1) / n_true.clamp_min(1))",
+        "aps.append((precision * true).sum(1) / counted.sum(1))",
+        RETRIEVAL_TESTS,
+    ),
+    Mutation(
+        "reid-skipped-averaged",
+        "queries without a true match averaged into the mAP as AP 0",
+        RETRIEVAL,
+        "mean_ap = ap[kept].mean()",
+        "mean_ap = torch.where(kept, ap, 0.0).mean()",
+        RETRIEVAL_TESTS,
+    ),
+    Mutation(
+        "reid-ensemble-mean-embedding",
+        "the ensemble embedding is the mean of the members' embeddings, not their concatenation",
+        RETRIEVAL,
+        "torch.cat([F.normalize(p.float(), dim=1) for p in parts], 1) / math.sqrt(len(parts))",
+        "torch.stack([F.normalize(p.float(), dim=1) for p in parts]).mean(0)",
+        RETRIEVAL_TESTS,
+    ),
+    Mutation(
+        "reid-top-unfiltered",
+        "the retrieved lists (figure, peers' overlap) keep junk and same-camera matches",
+        RETRIEVAL,
+        "picked = torch.sort(removed.to(torch.uint8), dim=1, stable=True).indices[:, :top]",
+        "picked = torch.arange(ng, device=device).expand(end - start, ng)[:, :top]",
+        RETRIEVAL_TESTS,
+    ),
+    Mutation(
+        "reid-embedding-first-stage",
+        "the embedding pooled from the first stage instead of the last",
+        RETRIEVAL,
+        "features = net(x, return_features=True)[1][-1].float()",
+        "features = net(x, return_features=True)[1][0].float()",
+        RETRIEVAL_TESTS,
+    ),
+    Mutation(
+        "erasing-global-rng",
+        "random erasing drawn from the global RNG, not the loader's (a resume sees other masks)",
+        "kdlab/data/images.py",
+        "u = torch.rand(b, 5, device=x.device, generator=self.generator)",
+        "u = torch.rand(b, 5, device=x.device)",
+        ("tests/test_reid_data.py",),
+    ),
+    Mutation(
+        "market-junk-in-gallery",
+        "Market-1501's junk images (identity −1) loaded into the gallery by default",
+        "kdlab/data/market1501.py",
+        "if keep_junk else gallery_ids != JUNK",
+        "if keep_junk else gallery_ids >= JUNK",
+        ("tests/test_reid_data.py",),
+    ),
+    Mutation(
+        "published-any-metric",
+        "a published mAP shown beside an accuracy (the published rows' metric ignored)",
+        "kdlab/reproduce/published.py",
+        ' or row["metric"] != metric',
+        "",
+        ("tests/test_reid_grid.py",),
     ),
 ]
 

@@ -6,7 +6,8 @@
 mAP…), mean ± sample standard deviation over the seeds with n, the best epoch, and the
 published number where the grid matches a published row. The task's other metrics (e.g. AUROC
 and balanced accuracy, ``final_auroc`` in a summary) get columns of their own: ``final_<m>`` in
-``runs.csv``, ``<m>_mean`` and ``<m>_std`` (last epoch) in ``results.csv`` and ``results.md``.
+``runs.csv``, ``<m>_mean`` and ``<m>_std`` (last epoch) in ``results.csv`` and ``results.md``
+(retrieval: CMC ``rank1``, ``rank5``, ``rank10`` beside the headline mAP), in the task's order.
 A grid's ``not_reproduced`` rows close ``results.md``, each with its reason. The compute of a
 run's summary (:mod:`kdlab.cost`) gets four columns: ``net_params`` and ``net_macs`` (per image)
 of the network, ``train_params`` and ``train_macs`` of everything the method trains and forwards
@@ -36,7 +37,7 @@ RUN_COLUMNS = [
     "best", "best_epoch", "epochs", "agree", "run", "executed", *COST_COLUMNS,
 ]  # fmt: skip
 EXPLANATION = (
-    "Test top-1 accuracy (%). **final**: the last epoch; **best**: the best epoch, chosen on the "
+    "{what}. **final**: the last epoch; **best**: the best epoch, chosen on the "
     "test split itself (an optimistic number). Mean ± sample standard deviation over the n "
     "seeds (± 0.00 with one seed is no estimate of the noise). **published**: the papers' "
     "numbers for the same method, networks and dataset (kdlab/reproduce/published.csv, sources "
@@ -44,6 +45,15 @@ EXPLANATION = (
     "parameters and multiply-accumulates per image (millions), then those of everything the "
     "method trains and forwards in a step."
 )
+
+
+def _what(metrics) -> str:
+    """What the final and best columns hold: the label of each headline metric in the table."""
+    from ..tasks import TASKS
+
+    labels = {cls.metric: cls.metric_label for cls in TASKS.values()}
+    found = [f"Test {labels.get(m, m)}" for m in dict.fromkeys(metrics)]
+    return "; ".join(found) or "Test top-1 accuracy (%)"
 
 
 def markdown_table(frame) -> str:
@@ -133,10 +143,16 @@ def _results(runs, specs: Mapping[str, Mapping]):
         **{f"{m}_{how}": (f"final_{m}", how) for m in _extra_columns(runs) for how in ("mean", "std")},
     ).reset_index()  # fmt: skip
     stats[["final_std", "best_std"]] = stats[["final_std", "best_std"]].fillna(0.0)  # n = 1
+    for m in _extra_columns(runs):  # n = 1 gives no std; a network without the metric stays NaN
+        stats[f"{m}_std"] = stats[f"{m}_std"].where(
+            stats[f"{m}_mean"].isna() | (stats["n"] > 1), 0.0
+        )
     rows = []
     for row in stats.to_dict("records"):
         spec = specs[row["group"]]
-        published = _published_for_network(spec, row["dataset"], row["network"], row["arch"])
+        published = _published_for_network(
+            spec, row["dataset"], row["network"], row["arch"], row["metric"]
+        )
         rows.append({
             **row, "method": spec["method"], "models": "+".join(spec["models"]),
             "teacher": spec["teacher"] or "",
@@ -158,7 +174,7 @@ def aggregate(out: str | Path):
     records = _records(out)
     finished = [r for r in records if r.get("status") == "ok"]
     rows = [row for r in finished for row in _run_rows(out, r)]
-    extra = sorted({k for row in rows for k in row if k.startswith("final_")})
+    extra = list(dict.fromkeys(k for row in rows for k in row if k.startswith("final_")))
     runs = pd.DataFrame(rows, columns=RUN_COLUMNS + extra)
     results = _results(runs, {r["group"]: r["spec"] for r in finished})
     write_table(out / "results.csv", results)
@@ -167,16 +183,23 @@ def aggregate(out: str | Path):
     return results, runs
 
 
-def _published_for_network(spec: Mapping, dataset: str | None, network: str, arch: str):
+def _published_for_network(
+    spec: Mapping, dataset: str | None, network: str, arch: str, metric: str = "acc"
+):
     if network == "ensemble":
         return []
     if network == "teacher":  # the teacher trained alone
-        return published_for(dataset, "independent", [arch])[0] if arch else []
+        return published_for(dataset, "independent", [arch], metric=metric)[0] if arch else []
     names = [n for n in ("net", "peer", "student") if network.startswith(n)]
     digits = network[len(names[0]) :] if names else ""
     position = int(digits) - 1 if digits.isdigit() else 0
     found = published_for(
-        dataset, spec["method"], list(spec["models"]), spec["teacher"], spec.get("params")
+        dataset,
+        spec["method"],
+        list(spec["models"]),
+        spec["teacher"],
+        spec.get("params"),
+        metric=metric,
     )
     return found[position] if position < len(found) else []
 
@@ -230,7 +253,7 @@ def _write_markdown(out: Path, results, unfinished: Sequence[Mapping]) -> None:
     preamble = [f"# Results: grid {info.get('name', out.name)}", ""]
     if info.get("description"):
         preamble += [info["description"].strip(), ""]
-    preamble.append(EXPLANATION)
+    preamble.append(EXPLANATION.format(what=_what(results["metric"])))
     columns = ["method", "networks", "dataset", "parameters", "network", "n", "final", "best",
                "best epoch", "published", "params · MACs (M)"]  # fmt: skip
     columns += [f"final {m}" for m in _other_names(results)]

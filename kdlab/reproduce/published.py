@@ -8,10 +8,11 @@ no kdlab setting), ``models`` (the trained networks in order, space-separated; e
 source does not name them), ``teacher`` (empty: any or none), ``acc`` (one number per network,
 space-separated, as the source prints it), ``pair`` (``yes``: the row holds for exactly these
 networks together; ``no``: one network's number whatever its partners, matched by its
-architecture alone), ``protocol`` (how the source trained, in words), ``metric`` (empty:
-top-1 accuracy in percent; else e.g. ``mAP``, ``box mAP``), ``params`` (``key=value`` pairs of
-the method's parameters the row holds for, space-separated; empty: the method's defaults, or
-not stated) and ``label`` (the row's name in its table, e.g. ``K = 16``).
+architecture alone), ``protocol`` (how the source trained, in words), ``metric`` (what the
+``acc`` column holds: the task's headline metric, ``acc`` for top-1 accuracy in percent, ``map``
+for mAP; empty: ``acc``), ``params`` (``key=value`` pairs of the method's parameters the row
+holds for, space-separated; empty: the method's defaults, or not stated) and ``label`` (the row's
+name in its table, e.g. ``K = 16``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 TABLE = Path(__file__).with_name("published.csv")
-TOP1 = "top-1"
+TOP1 = "acc"  # the metric of a row that names none: top-1 accuracy, in percent
 
 
 def _value(text: str) -> Any:
@@ -90,8 +91,8 @@ def published_for(
     params: Mapping[str, Any] | None = None,
     metric: str = TOP1,
 ) -> list[list[tuple[float, str]]]:
-    """The published numbers for every trained network of a cell: one list per network of
-    ``(value, source)`` pairs (empty where nothing published matches). A row with parameters
+    """The published numbers of ``metric`` for every trained network of a cell: one list per
+    network of ``(value, source)`` pairs (empty where nothing published matches). A row with parameters
     matches only a cell with the same values (``params`` over the method's defaults); a row
     that names no method or no networks matches no cell."""
     found: list[list[tuple[float, str]]] = [[] for _ in models]

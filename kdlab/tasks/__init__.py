@@ -17,11 +17,18 @@ the task for its loaders and its evaluation and never branches on a data set's n
   ``best_<metric>``) and the grids' tables report it; ``task.metrics`` are every per-network
   metric the summary keeps the last value of.
 - ``task.model_kind``: the kind of network the task trains (:func:`kdlab.models.model_kind`).
+- Pairwise records: ``agree/<a>-<b>`` is the peers' agreement in percent *as the task defines
+  it* (classification: the same top-1 prediction; retrieval: the overlap of their top-10
+  retrieved lists), so a run summary's ``agreement`` and the grids' tables read every task's
+  under one key; a task may add pairwise metrics of its own (classification's ``js/<a>-<b>``).
 
 Methods whose terms are on logits and features stay task-blind (DML on identity logits is DML);
 a method says which tasks it trains in ``Method.tasks``.
 
 - :mod:`.classification`: top-1 accuracy, the ensemble (mean softmax), agreement and JS.
+- :mod:`.retrieval`: person re-identification, trained on identity labels and scored by mAP
+  and CMC on the embedding before the classifier (Market-1501's protocol), the ensemble
+  (concatenated normalised embeddings) and the overlap of the peers' top-10 lists.
 """
 
 from __future__ import annotations
