@@ -63,6 +63,7 @@ def accuracy_points(
     results: Mapping[str, Any],
     title: str = "test accuracy (%)",
     published: Mapping[str, float] | None = None,
+    quantity: str = "test accuracy (%)",
 ) -> Figure:
     """Mean ± sample sd of each set-up as a point with an error bar, every run as a dot: one row
     per set-up, so that many set-ups with long names stay readable. Set-ups named
@@ -71,6 +72,7 @@ def accuracy_points(
     ``results[setup]``: one value per seed (a sequence), or ``{seed: value}``, or ``{seed:
     [value per network]}`` when every network of a cohort counts (n = seeds × networks, and the
     figure says so). ``published``: the papers' numbers for some set-ups, a red ✕.
+    ``quantity`` names the axis (e.g. ``"test mAP (%)"`` for retrieval).
 
     The accuracy axis starts where the data do, not at zero, so that differences of a point are
     visible; the break is marked (//) and written under the axis, since a bar from that start
@@ -109,7 +111,7 @@ def accuracy_points(
     start = max(0.0, math.floor(low - pad))
     start = 0.0 if start < end - start else start  # cut only an axis mostly empty below the data
     ax.set_xlim(start, end)
-    axis = "test accuracy (%)"
+    axis = quantity
     if start > 0:
         _mark_break(ax)
         axis += f"; the axis starts at {start:g}, not 0 (//)"
