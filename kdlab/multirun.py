@@ -188,10 +188,12 @@ def _as_runs(runs) -> dict[str, dict[Any, list[Mapping]]]:
 
 
 def _collect(runs, metrics, networks, headline="acc"):
-    """Every curve, ``{(metric, position): {setting: [points of one seed, …]}}``, and the
-    network names behind each position (``{position: [names]}``)."""
+    """Every curve, ``{(metric, position): {setting: [points of one seed, …]}}``, the network
+    names behind each position (``{position: "net1 / peer1"}``) and each curve's label
+    (``{(setting, position): "dml/peer1"}``)."""
     curves: dict[tuple[str, str], dict[str, list]] = {}
     names: dict[str, list[str]] = {}
+    labels: dict[tuple[str, str], str] = {}
     for setting, seeds in runs.items():
         for rows in seeds.values():
             for key in dict.fromkeys(k for row in rows for k in row):
@@ -207,7 +209,8 @@ def _collect(runs, metrics, networks, headline="acc"):
                     curves[(metric, position)][setting].append(points)
                     if name not in names.setdefault(position, []):
                         names[position].append(name)
-    return curves, {position: " / ".join(n) for position, n in names.items()}
+                    labels.setdefault((setting, position), f"{setting}/{name}")
+    return curves, {position: " / ".join(n) for position, n in names.items()}, labels
 
 
 def _mean_band(per_seed: list[list[tuple[int, float]]]):
@@ -269,13 +272,13 @@ def _legend(settings, positions, shown, colours, styles, split):
     return handles
 
 
-def _draw_curves(ax, per_setting, colour_of, style) -> None:
+def _draw_curves(ax, per_setting, colour_of, style, label_of) -> None:
     for setting, per_seed in per_setting.items():
         epochs, means, sds = _mean_band(per_seed)
         colour = colour_of(setting)
         ax.plot(
             epochs, means, ls=style, color=colour, lw=1.6, markersize=3,
-            marker="o" if len(epochs) <= 10 else None,
+            marker="o" if len(epochs) <= 10 else None, label=label_of(setting),
         )  # fmt: skip
         if any(sds):
             low = [m - s for m, s in zip(means, sds)]
@@ -309,7 +312,7 @@ def training_curves(
     the figure grows with it so that every panel keeps its size.
     """
     runs = _as_runs(runs)
-    curves, shown = _collect(runs, metrics, networks, headline)
+    curves, shown, labels = _collect(runs, metrics, networks, headline)
     settings = [s for s in runs if any(s in per for per in curves.values())] or list(runs)
     slots = sorted(curves, key=lambda k: (list(metrics).index(k[0]), k[1] == "ensemble", k[1]))
     positions = list(dict.fromkeys(position for _, position in slots))
@@ -338,8 +341,9 @@ def training_curves(
             by_setting = _by_setting(settings, split)
             colour_of = (lambda s: colours[s]) if by_setting else (lambda s, p=position: colours[p])
             _draw_curves(
-                ax, curves.get((metric, position), {}), colour_of, styles.get(position, "-")
-            )
+                ax, curves.get((metric, position), {}), colour_of, styles.get(position, "-"),
+                lambda s, p=position: labels[(s, p)],
+            )  # fmt: skip
         metric, position = panel[0]
         name = PANEL_TITLES.get(metric, metric)
         ax.set_title(f"{name}: {shown[position]}" if split else name, fontsize=10)

@@ -194,13 +194,9 @@ def _published_for_network(
     digits = network[len(names[0]) :] if names else ""
     position = int(digits) - 1 if digits.isdigit() else 0
     found = published_for(
-        dataset,
-        spec["method"],
-        list(spec["models"]),
-        spec["teacher"],
-        spec.get("params"),
-        metric=metric,
-    )
+        dataset, spec["method"], list(spec["models"]), spec["teacher"], metric,
+        params=spec.get("params"),
+    )  # fmt: skip
     return found[position] if position < len(found) else []
 
 

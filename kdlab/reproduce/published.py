@@ -88,8 +88,9 @@ def published_for(
     method: str,
     models: Sequence[str],
     teacher: str | None = None,
-    params: Mapping[str, Any] | None = None,
     metric: str = TOP1,
+    *,
+    params: Mapping[str, Any] | None = None,
 ) -> list[list[tuple[float, str]]]:
     """The published numbers of ``metric`` for every trained network of a cell: one list per
     network of ``(value, source)`` pairs (empty where nothing published matches). A row with parameters
