@@ -148,7 +148,9 @@ class RunFolder(LoopCallback):
         }
         if resuming:
             check_same_run(out, settings)
-        write_json(out / "config.json", {**settings, **used})
+        write_json(
+            out / "config.json", {**settings, "train_size": len(dataset.train_labels), **used}
+        )
 
     def start(self, history: list[dict]) -> None:
         write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))

@@ -15,13 +15,11 @@ and the live plot it updates has class ``kdlab-live`` (the browser tests look fo
 from __future__ import annotations
 
 import io
-import itertools
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "show",
@@ -80,23 +78,26 @@ def _draw_into(output, fig: Figure) -> None:
 class LivePlot:
     """Test accuracy (and peer agreement / JS, when there are pairs) redrawn as training goes.
 
-    The accuracy panel shows the tracked runs' headline metric (``history.metric``: ``acc``,
-    or ``map`` for detection); ``metrics`` may also name any other per-network metric (``map50``).
-
-    Use one LivePlot for several runs so they share axes::
+    Use one LivePlot for several settings, each trained with several seeds, so they share
+    axes::
 
         live = LivePlot()
-        kdlab.run("independent", ["resnet20"], data, callbacks=[live.track("teacher")])
-        kdlab.run("kd", ["cnn_tiny"], data, teacher=…, callbacks=[live.track("distilled")])
+        for seed in (0, 1, 2):
+            kdlab.run("independent", ["resnet20"], data, callbacks=[live.track("teacher", seed)])
+            kdlab.run("kd", ["cnn_tiny"], data, teacher=…, callbacks=[live.track("kd", seed)])
 
-    ``track(label)`` returns the callback for :func:`kdlab.fit`; curves are named
-    ``label/network``. With ``output`` (an ``ipywidgets.Output``) it draws there, otherwise
-    into the notebook cell's output, replacing the previous drawing in place. ``metrics``
-    chooses the panels: any of ``"acc"``, ``"agree"``, ``"js"``; ``networks`` (e.g.
-    ``("student",)``) limits the per-network curves (accuracy, mAP…) to those networks
-    (default: every one). ``"acc"`` stands for the tracked history's headline metric
-    (``history.metric``: ``acc`` for classification, ``map`` for retrieval and detection), so
-    the same plot follows any task.
+    ``track(setting, seed)`` returns the callback for :func:`kdlab.fit`; :meth:`add` puts a
+    finished run's history beside them. The figure is :func:`kdlab.plots.training_curves`: one
+    colour per setting, its seeds as a mean line with a ± 1 sd band, the networks as line
+    styles (``split=True``: one panel per network), the legend outside the axes. With
+    ``output`` (an ``ipywidgets.Output``) it draws there, otherwise into the notebook cell's
+    output, replacing the previous drawing in place. ``metrics`` chooses the panels: any of
+    ``"acc"``, ``"agree"``, ``"js"``, ``"disc_acc"``; ``networks`` (e.g. ``("student",)``)
+    limits the accuracy curves to those networks (default: every one).
+    ``"acc"`` stands for the tracked history's headline metric (``history.metric``: ``acc``
+    for classification, ``map`` for retrieval and detection), so the same plot follows any
+    task; ``metrics`` may also name any other per-network metric (``map50``), and
+    ``networks`` limits those curves too.
 
     Rendering a figure costs about half a second on a laptop CPU, more than a small network's
     epoch on digits, so a tracked run skips redraws to keep drawing under ``max_share`` of the
@@ -112,6 +113,7 @@ class LivePlot:
         title="",
         max_share: float = 0.2,
         networks: tuple[str, ...] | None = None,
+        split: bool = False,
     ):
         if not 0 < max_share <= 1:
             raise ValueError(f"max_share must be in (0, 1], got {max_share}")
@@ -120,17 +122,19 @@ class LivePlot:
         self.title = title
         self.max_share = max_share
         self.networks = networks
-        self.runs: dict[str, list[dict]] = {}
+        self.split = split
+        self.runs: dict[str, dict[Any, list[dict]]] = {}  # setting → seed → per-epoch records
         self.metric = "acc"  # the headline metric of the last tracked history
         self.draws = 0  # how many times the plot was drawn
         self._handle = None
         self._next_draw = 0.0  # time.perf_counter() before which a tracked epoch is not drawn
 
-    def track(self, label: str) -> Callable[[dict, Any], None]:
-        self.runs[label] = []
+    def track(self, setting: str, seed: Any = 0) -> Callable[[dict, Any], None]:
+        """The callback that feeds one run (``setting``, ``seed``) into the plot."""
+        self.runs.setdefault(setting, {})[seed] = []
 
         def callback(record: dict, history) -> None:
-            self.runs[label] = list(history)
+            self.runs[setting][seed] = list(history)
             self.metric = getattr(history, "metric", self.metric)
             last = getattr(history, "last_epoch", None)
             if last is None or record["epoch"] >= last or time.perf_counter() >= self._next_draw:
@@ -138,58 +142,19 @@ class LivePlot:
 
         return callback
 
+    def add(self, setting: str, seed: Any, history) -> None:
+        """Put a finished run's history in the plot (drawn at the next update)."""
+        self.runs.setdefault(setting, {})[seed] = list(history)
+
     def figure(self) -> Figure:
         """The current plot as a Figure (also usable after training, headless)."""
-        wanted = [self.metric if m == "acc" else m for m in self.metrics]
-        panels = [
-            m
-            for m in wanted
-            if any(k.startswith(f"{m}/") for rows in self.runs.values() if rows for k in rows[-1])
-        ] or [self.metric]
-        fig = Figure(figsize=(4.2 * len(panels), 3.2), layout="constrained")
-        axes = fig.subplots(1, len(panels), squeeze=False)[0]
-        titles = {
-            "acc": "test accuracy (%)",
-            "map": "test mAP (%)",
-            "agree": "peer agreement (%)",
-            "js": "mean JS (nats)",
-            "disc_acc": "discriminator accuracy (train)",
-            "map50": "test mAP@0.5 (%)",
-        }
-        colors = itertools.cycle(f"C{i}" for i in range(10))
-        for label, rows in self.runs.items():
-            if not rows:
-                continue
-            epochs = [r["epoch"] for r in rows]
-            for key in rows[-1]:
-                kind, _, name = key.partition("/")
-                per_network = "-" not in name  # agree/js/overlap keys name a pair a-b
-                if kind not in panels or (per_network and not self._shown(name)):
-                    continue
-                ax = axes[panels.index(kind)]
-                style = "--" if name == "ensemble" else "-"
-                ax.plot(
-                    epochs,
-                    [r.get(key) for r in rows],
-                    style,
-                    marker="o",
-                    markersize=3,
-                    color=next(colors),
-                    label=f"{label}/{name}" if label else name,
-                )
-        for ax, kind in zip(axes, panels):
-            ax.set_title(titles.get(kind, kind), fontsize=10)
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-            if ax.lines:
-                ax.legend(fontsize=7)
-        if self.title:
-            fig.suptitle(self.title, fontsize=11)
-        return fig
+        from .multirun import training_curves
 
-    def _shown(self, network: str) -> bool:
-        return self.networks is None or network in self.networks
+        metrics = [self.metric if m == "acc" else m for m in self.metrics]
+        return training_curves(
+            self.runs, metrics, networks=self.networks, split=self.split, title=self.title,
+            headline=self.metric,
+        )  # fmt: skip
 
     def update(self) -> None:
         """Draw the current plot now."""
@@ -268,24 +233,34 @@ def panel(draw: Callable[..., Figure], **controls):
 
 
 def settings_figure(controls: Mapping[str, Any], formula: str | None = None) -> Figure:
-    """The settings a train button will use: each slider's value as a bar across its range,
-    each dropdown's choice as text, and (``formula``) the loss with the values filled in."""
+    """The settings a train button will use: each slider's value as a bar from zero (its
+    slider's range drawn behind it in grey, so a bar is as long as the value it stands for:
+    K = 2 of 2…4 is half the axis, not an empty bar), the value written beside it, each
+    dropdown's choice as text, and (``formula``) the loss with the values filled in."""
     numeric = {n: w for n, w in controls.items() if hasattr(w, "min") and hasattr(w, "max")}
     choices = {n: w for n, w in controls.items() if n not in numeric}
     height = 0.42 * max(len(numeric), 1) + (0.6 if formula else 0) + 0.35 * len(choices) + 0.4
     fig = Figure(figsize=(6.4, height), layout="constrained")
     ax = fig.subplots()
     labels = [w.description or n for n, w in numeric.items()]
-    spans = [(w.value - w.min) / ((w.max - w.min) or 1) for w in numeric.values()]
-    ax.barh(range(len(spans)), spans, color="C0", alpha=0.7)
-    ax.barh(range(len(spans)), [1] * len(spans), fill=False, edgecolor="lightgray")
+    # Each row on its own scale, from zero to the slider's largest value (or from its smallest
+    # to zero, for a range below zero), so that a bar's length is its value.
+    scales = [max(abs(w.min), abs(w.max)) or 1 for w in numeric.values()]
+    rows = range(len(labels))
+    for i, (w, scale) in enumerate(zip(numeric.values(), scales)):
+        ax.barh(i, (w.max - w.min) / scale, left=w.min / scale, color="0.92", height=0.8)
+    ax.barh(
+        rows, [w.value / s for w, s in zip(numeric.values(), scales)], color="C0", label="value"
+    )
     for i, w in enumerate(numeric.values()):
-        ax.text(1.02, i, f"{w.value:g}", va="center", fontsize=9)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlim(0, 1.15)
+        ax.text(1.02, i, f"{w.value:g}  (range {w.min:g}–{w.max:g})", va="center", fontsize=9)
+    ax.axvline(0, color="0.3", lw=1)
+    ax.set_yticks(list(rows), labels)
+    low = min([w.min / s for w, s in zip(numeric.values(), scales)] + [0.0])
+    ax.set_xlim(low, 1.55)
     ax.set_xticks([])
     ax.invert_yaxis()
-    for side in ("top", "right", "bottom"):
+    for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
     text = "   ".join(f"{w.description or n}: {w.value}" for n, w in choices.items())
     if formula:

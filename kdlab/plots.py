@@ -9,10 +9,12 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from .data import ImageDataset
+from .multirun import accuracy_bars, accuracy_points, palette, training_curves
 
 __all__ = [
-    "example_grid", "soft_targets", "accuracy_bars", "logit_losses", "teaching_graphs",
-    "family_targets", "retrieval_examples", "identity_grid",
+    "example_grid", "soft_targets", "accuracy_points", "accuracy_bars", "training_curves",
+    "palette", "logit_losses", "teaching_graphs", "family_targets", "retrieval_examples",
+    "identity_grid",
 ]  # fmt: skip
 
 
@@ -78,38 +80,6 @@ def soft_targets(
     )
     for ax in (ax_soft, ax_mix):
         ax.set_xticks(list(x), [c[:6] for c in classes], fontsize=7)
-    return fig
-
-
-def accuracy_bars(
-    results: Mapping[str, Sequence[float]],
-    title: str = "test accuracy (%)",
-    published: Mapping[str, float] | None = None,
-) -> Figure:
-    """Mean accuracy per set-up with error bars (sample std over seeds) and every seed as a dot.
-
-    ``published``: the papers' numbers for some set-ups, marked with a red line.
-    """
-    import statistics
-
-    names = list(results)
-    means = [statistics.mean(results[n]) for n in names]
-    stds = [statistics.stdev(results[n]) if len(results[n]) > 1 else 0.0 for n in names]
-    fig = Figure(figsize=(1.4 * len(names) + 2, 3.2), layout="constrained")
-    ax = fig.subplots()
-    ax.bar(
-        range(len(names)), means, yerr=stds, capsize=4, color=[f"C{i}" for i in range(len(names))]
-    )
-    for i, n in enumerate(names):
-        ax.plot([i] * len(results[n]), results[n], "k.", alpha=0.6)
-        if published and n in published:
-            ax.hlines(published[n], i - 0.4, i + 0.4, colors="red", label="published")
-    low = min(min(v) for v in results.values())
-    ax.set_ylim(max(0, low - 5), min(100, max(means) + max(stds) + 3))
-    ax.set_xticks(range(len(names)), names, rotation=15)
-    n_seeds = max(len(v) for v in results.values())
-    ax.set_title(f"{title}; mean ± std over {n_seeds} seed(s)", fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
     return fig
 
 

@@ -7,7 +7,7 @@
   profile's 15 epochs are 750,000) gets minutes of digits rather than hours of CIFAR, with a
   note computed from what was asked; a smaller one (``epochs=1``) keeps CIFAR-10, and so does
   ``dataset="cifar10"`` named explicitly.
-- ``paper``: the published schedule of METHODS.md (CIFAR-100, 200 epochs, lr 0.1 ÷10 at 60,
+- ``paper``: the published schedule of METHODS.md §3 (CIFAR-100, 200 epochs, lr 0.1 ÷10 at 60,
   120, 180, batch 64, three seeds), for a GPU.
 
 Each task has its own three (:data:`TASK_PROFILES`): person re-identification (``retrieval``)

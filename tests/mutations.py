@@ -1,8 +1,9 @@
 """Named mutations: plant one known bug at a time in a copy of kdlab and check a test catches it.
 
 Each mutation is an exact source substitution in ``kdlab/`` (the bugs of issue 15: plausible
-slips in the losses, the methods and the metrics). For each one the script copies ``kdlab/``,
-``tests/`` and ``pyproject.toml`` to a throwaway folder, applies the substitution there, and runs
+slips in the losses, the methods and the metrics; those of issue 22: figures that misstate their
+runs, documents that drift from the code). For each one the script copies ``kdlab/``,
+``tests/``, ``notebooks/``, ``README.md`` and ``pyproject.toml`` to a throwaway folder, applies the substitution there, and runs
 only the test files that concern it, with the copy first on ``PYTHONPATH``. A failing test run
 *kills* the mutation; a passing one lets it *survive*. A target text that is not found exactly
 once is an *error* (the code has moved: update the mutation), and so is a test run that cannot
@@ -36,7 +37,11 @@ ADML = "kdlab/methods/adml.py"
 TADML = "kdlab/methods/tadml.py"
 CLASSIFICATION = "kdlab/tasks/classification.py"
 METRICS = "kdlab/metrics.py"
+PLOTS = "kdlab/multirun.py"
+LIVE = "kdlab/live.py"
 MUTUAL_TESTS = ("tests/test_mutual.py",)
+FIGURE_TESTS = ("tests/test_figures.py",)
+DOCUMENT_TESTS = ("tests/test_documents.py",)
 FOLDER_TESTS = ("tests/test_run_folders.py",)
 COMMAND_TESTS = ("tests/test_newcomer_commands.py",)
 METRIC_TESTS = ("tests/test_metrics.py", "tests/test_kdml.py")
@@ -162,6 +167,86 @@ MUTATIONS = [
         "return (0.5 * (kl(p) + kl(q))).clamp_min(0.0)",
         "return (0.25 * (kl(p) + kl(q))).clamp_min(0.0)",
         METRIC_TESTS,
+    ),
+    Mutation(
+        "curves-per-seed",
+        "multi-run figures draw one line and legend entry per seed instead of a mean and a band",
+        PLOTS,
+        "return {setting: dict(seeds) for setting, seeds in runs.items()}",
+        "return {f'{s} s{k}': {k: r} for s, seeds in runs.items() for k, r in seeds.items()}",
+        FIGURE_TESTS,
+    ),
+    Mutation(
+        "curves-one-line-style",
+        "every network of a setting drawn in its colour with the same line style",
+        PLOTS,
+        "styles = {} if split else {p: _STYLES[i % len(_STYLES)] for i, p in enumerate(plain)}",
+        "styles = {}",
+        FIGURE_TESTS,
+    ),
+    Mutation(
+        "curves-legend-inside",
+        "the legend of a multi-run figure drawn over the axes",
+        PLOTS,
+        'loc="outside right upper"',
+        'loc="upper right"',
+        FIGURE_TESTS,
+    ),
+    Mutation(
+        "accuracy-n-counts-seeds",
+        "every value of a cohort counted as a seed (n = 6 seeds for 3 seeds × 2 networks)",
+        PLOTS,
+        'return flat, f"{len(flat)} ({seeds} × {nets} networks)"',
+        'return flat, _plural(len(flat), "seed")',
+        FIGURE_TESTS,
+    ),
+    Mutation(
+        "accuracy-break-unmarked",
+        "an accuracy axis that starts above zero without its break mark",
+        PLOTS,
+        "        _mark_break(ax)\n",
+        "",
+        FIGURE_TESTS,
+    ),
+    Mutation(
+        "settings-bar-from-minimum",
+        "the settings chart scales each bar from its slider's minimum (K = 2 of 2…4 drawn empty)",
+        LIVE,
+        "[w.value / s for w, s in zip(numeric.values(), scales)]",
+        "[(w.value - w.min) / ((w.max - w.min) or 1) for w in numeric.values()]",
+        FIGURE_TESTS,
+    ),
+    Mutation(
+        "run-folder-without-train-size",
+        "config.json does not record how many training images the run had",
+        "kdlab/callbacks.py",
+        '{**settings, "train_size": len(dataset.train_labels), **used}',
+        "{**settings, **used}",
+        DOCUMENT_TESTS,
+    ),
+    Mutation(
+        "digits-grid-without-dkd",
+        "the digits grid, said to run every method, leaves DKD out",
+        "kdlab/grids/digits.yaml",
+        "  - method: dkd\n",
+        "  - method: kd\n",
+        DOCUMENT_TESTS,
+    ),
+    Mutation(
+        "methods-reference-without-5",
+        "the methods reference loses the section that TADML's docstrings cite",
+        "kdlab/METHODS.md",
+        "## 5. Topology-guided",
+        "## Topology-guided",
+        DOCUMENT_TESTS,
+    ),
+    Mutation(
+        "published-number-drifts",
+        "a published number in the table no longer agrees with the methods reference",
+        "kdlab/reproduce/published.csv",
+        "dml,resnet32 resnet32,,71.86 71.89",
+        "dml,resnet32 resnet32,,71.68 71.89",
+        DOCUMENT_TESTS,
     ),
     Mutation(
         "resume-student-phase-strictly",
@@ -698,12 +783,14 @@ MUTATIONS = [
 
 
 def make_copy(folder: Path) -> Path:
-    """The package, the tests and the project file under ``folder/repo`` (no data, no venv)."""
+    """The package, the tests, the notebooks (without their screenshots), the README and the
+    project file under ``folder/repo`` (no data, no venv): the document tests read them all."""
     repo = folder / "repo"
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("kdlab", "tests"):
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "assets")
+    for name in ("kdlab", "tests", "notebooks"):
         shutil.copytree(ROOT / name, repo / name, ignore=ignore)
-    shutil.copy2(ROOT / "pyproject.toml", repo / "pyproject.toml")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, repo / name)
     (repo / "data").mkdir()
     return repo
 

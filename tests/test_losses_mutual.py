@@ -1,4 +1,4 @@
-"""The mutual-learning losses against METHODS.md's formulas, worked by hand on small inputs."""
+"""The mutual-learning losses against the formulas of METHODS.md §3–5, worked by hand."""
 
 from __future__ import annotations
 

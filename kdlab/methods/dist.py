@@ -26,7 +26,7 @@ class DIST(FrozenTeacherMethod):
     CIFAR-100 (the 76.31 of ResNet32×4 → ResNet8×4) their README runs ``dist_cifar.yaml``, which
     could not be read for this kit; the defaults here, β = γ = 2 at T = 4 with CE weight 1, are
     the CIFAR-100 values of DIST's ports to the CRD/mdistiller code bases (e.g. Klayand/PCKA,
-    ``classification/losses/DISTLoss.py``). METHODS.md names no values. The intra-class term
+    ``classification/losses/DISTLoss.py``). kdlab/METHODS.md §7 records them. The intra-class term
     needs at least two samples per batch. Logged terms are the weighted ones: ``ce``, ``inter``
     and ``intra``.
     """

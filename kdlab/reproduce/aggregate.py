@@ -40,9 +40,10 @@ EXPLANATION = (
     "{what}. **final**: the last epoch; **best**: the best epoch, chosen on the "
     "test split itself (an optimistic number). Mean ± sample standard deviation over the n "
     "seeds (± 0.00 with one seed is no estimate of the noise). **published**: the papers' "
-    "numbers for the same method, networks and dataset (METHODS.md; their protocol, not "
-    "measured here). **params · MACs**: the network's parameters and multiply-accumulates per "
-    "image (millions), then those of everything the method trains and forwards in a step."
+    "numbers for the same method, networks and dataset (kdlab/reproduce/published.csv, sources "
+    "in kdlab/METHODS.md; their protocol, not measured here). **params · MACs**: the network's "
+    "parameters and multiply-accumulates per image (millions), then those of everything the "
+    "method trains and forwards in a step."
 )
 
 
@@ -198,8 +199,9 @@ def _published_for_network(
     digits = network[len(names[0]) :] if names else ""
     position = int(digits) - 1 if digits.isdigit() else 0
     found = published_for(
-        dataset, spec["method"], list(spec["models"]), spec["teacher"], metric=metric
-    )
+        dataset, spec["method"], list(spec["models"]), spec["teacher"], metric,
+        params=spec.get("params"),
+    )  # fmt: skip
     return found[position] if position < len(found) else []
 
 
