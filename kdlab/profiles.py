@@ -8,6 +8,9 @@
 - ``paper``: the published schedule of METHODS.md (CIFAR-100, 200 epochs, lr 0.1 ÷10 at 60,
   120, 180, batch 64, three seeds), for a GPU.
 
+A profile that shrinks a recipe scales its milestones itself (:meth:`Profile.milestones_for`):
+a :class:`~kdlab.train.TrainConfig` takes its milestones as given.
+
 The embedded digits set-up is chosen so that distillation has room to show: the student
 (``cnn_tiny``, a few thousand parameters) trained alone on a 200-image subset stays several
 points below its teacher (``resnet20``).
@@ -20,6 +23,7 @@ import os
 from typing import Any
 
 from .data import DatasetNotFoundError, ImageDataset, load_dataset
+from .optim import scale_milestones
 from .train import TrainConfig, pick_device
 
 __all__ = ["Profile", "PROFILES", "profile", "profile_name"]
@@ -42,24 +46,41 @@ class Profile:
     fallback_dataset: str | None = None  # used when ``dataset`` is absent and offline
     fallback: dict[str, Any] = dataclasses.field(default_factory=dict)
     weight_decay: float = 5e-4
-    milestones: tuple[int, ...] | None = None  # None: TrainConfig's, scaled to the epochs
+    milestones: tuple[int, ...] | None = None  # epochs of a run of ``epochs``; None: DML's
     precision: str = "auto"  # "auto", "fp32", "bf16", "fp16"
     overridden: tuple[str, ...] = ()  # fields set explicitly: a fallback leaves them alone
     needs_gpu: bool = False  # without a GPU, take the fallback rather than train for hours
 
+    def milestones_for(self, epochs: int) -> tuple[int, ...]:
+        """The step schedule's milestones for a run of ``epochs`` epochs of this profile.
+
+        ``milestones`` are epochs of a run of the profile's ``epochs``, as given when the run
+        has that length; ``None`` is DML's recipe, ÷10 after epochs 60, 120 and 180 of 200
+        (METHODS.md §3). A run of another length gets them scaled explicitly
+        (:func:`kdlab.optim.scale_milestones`): e.g. ``(9, 18, 27)`` for 30 epochs of DML's.
+        """
+        if self.milestones is None:
+            recipe = TrainConfig()  # DML's recipe: its milestones are for its 200 epochs
+            return scale_milestones(recipe.milestones, recipe.epochs, epochs)
+        return scale_milestones(tuple(self.milestones), self.epochs, epochs)
+
     def train_config(self, seed: int = 0, **overrides: Any) -> TrainConfig:
-        """The :class:`~kdlab.train.TrainConfig` of this profile for one seed."""
+        """The :class:`~kdlab.train.TrainConfig` of this profile for one seed.
+
+        ``overrides`` are TrainConfig fields; given ``epochs`` without ``milestones`` (a
+        widget's shorter run), the milestones are :meth:`milestones_for` those epochs.
+        """
+        epochs = overrides.get("epochs", self.epochs)
         values = dict(
-            epochs=self.epochs,
+            epochs=epochs,
             batch_size=self.batch_size,
             lr=self.lr,
             schedule=self.schedule,
+            milestones=self.milestones_for(epochs),
             weight_decay=self.weight_decay,
             precision=self.precision,
             seed=seed,
         )
-        if self.milestones is not None:
-            values["milestones"] = tuple(self.milestones)
         values.update(overrides)
         return TrainConfig(**values)
 

@@ -94,7 +94,7 @@ class WithAuxiliary(Method):
 @pytest.mark.parametrize("schedule", ["cosine", "step"])
 def test_auxiliary_optimizers_follow_the_networks_schedule(schedule):
     method = WithAuxiliary({"net1": nn.Linear(2, 2)})
-    config = _config(epochs=10, lr=0.1, schedule=schedule, milestones=(60, 120, 180))
+    config = _config(epochs=10, lr=0.1, schedule=schedule, milestones=(3, 6, 9))
     optimizers, schedulers = build_optimizers(method, config, torch.device("cpu"))
     assert set(schedulers) == {"net1", "critic"}
     factors = []

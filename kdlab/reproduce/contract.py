@@ -31,6 +31,7 @@ from typing import Any
 
 from ..methods import get_method
 from ..methods.base import make_params
+from ..optim import scale_milestones
 from ..profiles import Profile
 from ..profiles import profile as make_profile
 from .grid import RUNNER, SETTINGS, Cell
@@ -124,7 +125,8 @@ def train_one(
 
     A teacher given by architecture to a method that needs it trained (``kd``; ``kdml`` with
     ``pretrained_teacher=True``) is trained first with independent training, on the same data,
-    seed and recipe (``teacher_epochs`` epochs if given), into ``out/teacher`` (in memory
+    seed and recipe (``teacher_epochs`` epochs if given, the milestones scaled to them:
+    :func:`kdlab.optim.scale_milestones`), into ``out/teacher`` (in memory
     without ``out``), resumed from there when ``resume`` is set. The method's parameters and
     architectures are checked before the teacher trains.
     """
@@ -141,7 +143,10 @@ def train_one(
         folder = Path(out) / "teacher" if out else None
         if progress:
             print(f"training the teacher {teacher} first → {folder or 'memory'}", file=sys.stderr)
-        recipe = dataclasses.replace(config, epochs=teacher_epochs or config.epochs)
+        recipe = config
+        if teacher_epochs:  # the recipe shrunk (or grown) to the teacher's epochs
+            moved = scale_milestones(config.milestones, config.epochs, teacher_epochs)
+            recipe = dataclasses.replace(config, epochs=teacher_epochs, milestones=moved)
         done = run("independent", [teacher], data, config=recipe, out=folder,
                    resume="auto" if resume and folder else False, progress=progress)  # fmt: skip
         arch, teacher = teacher, done.method.networks["net1"]
