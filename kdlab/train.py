@@ -37,7 +37,14 @@ from .methods import Method, get_method
 from .metrics import evaluate
 from .models import build_model
 from .optim import build_optimizers, check_milestones
-from .precision import PRECISIONS, Precision, cpu_has_amx, pick_precision, precision_name
+from .precision import (
+    PRECISIONS,
+    Precision,
+    cpu_has_amx,
+    cpu_has_native_bf16,
+    pick_precision,
+    precision_name,
+)
 
 __all__ = [
     "TrainConfig",
@@ -50,6 +57,7 @@ __all__ = [
     "pick_precision",
     "precision_name",
     "cpu_has_amx",
+    "cpu_has_native_bf16",
     "save_network",
     "load_network",
     "NonFiniteLossError",
