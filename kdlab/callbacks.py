@@ -108,10 +108,20 @@ class ProgressBar(LoopCallback):
 
 
 class RunFolder(LoopCallback):
-    """The run's folder: ``config.json`` (at once), ``metrics.jsonl`` (one line per epoch, always
-    equal to the history: a resumed run drops unfinished epochs), ``checkpoint.pt`` (after every
-    epoch), and at the end ``summary.json`` and ``networks/<name>.pt`` for every network with an
-    architecture name."""
+    """The run's folder: ``config.json`` (at once), ``checkpoint.pt`` and ``metrics.jsonl`` (one
+    line per epoch, always equal to the history: a resumed run drops unfinished epochs) after
+    every epoch, and at the end ``networks/<name>.pt`` for every network with an architecture
+    name, then ``summary.json``.
+
+    Cut at any point, the folder holds the old state or the new one, never half of one that a
+    later load takes for whole: every file is written atomically (:mod:`kdlab.io`); after an
+    epoch the checkpoint is written first (``metrics.jsonl`` is rewritten from its history on
+    resume); ``summary.json``, which marks a run finished, comes last; and a run started afresh
+    in a folder that holds another run removes that run's ``summary.json`` first, then its
+    checkpoint, metrics and networks, before it writes its own ``config.json``.
+    """
+
+    FILES = ("summary.json", "checkpoint.pt", "metrics.jsonl")  # in the order they are removed
 
     def __init__(
         self,
@@ -140,21 +150,31 @@ class RunFolder(LoopCallback):
         }
         if resuming:
             check_same_run(out, settings)
+        else:
+            self._clear()
         write_json(out / "config.json", {**settings, **used})
+
+    def _clear(self) -> None:
+        """Remove what an earlier run left here, its "finished" mark first."""
+        for name in self.FILES:
+            (self.out / name).unlink(missing_ok=True)
+        networks = self.out / "networks"
+        if networks.is_dir():
+            for path in networks.glob("*.pt"):
+                path.unlink()
 
     def start(self, history: list[dict]) -> None:
         write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
     def __call__(self, record: dict, history: list[dict]) -> None:
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
         self.state.save(self.checkpoint, history)
+        self.start(history)  # metrics.jsonl, whole: never half a line
 
     def end(self, run: Any) -> None:
         if not run.history:
             return
-        write_json(self.out / "summary.json", run.summary)
         for name, net in run.method.evaluated().items():
             if name in self.archs:
                 path = self.out / "networks" / f"{name}.pt"
                 save_network(path, net, self.archs[name], self.dataset)
+        write_json(self.out / "summary.json", run.summary)
