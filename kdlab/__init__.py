@@ -1,9 +1,11 @@
 """kdlab: a notebook-first teaching kit for knowledge distillation and online mutual learning.
 
 The pieces, one place each: :mod:`kdlab.models` (networks), :mod:`kdlab.data` (datasets and the
-device-resident loader), :mod:`kdlab.losses` (the formulas), :mod:`kdlab.methods` (one file per
-method), :mod:`kdlab.train` (the one training loop), :mod:`kdlab.metrics`, :mod:`kdlab.live`
-(live plots and widgets), :mod:`kdlab.profiles` and :mod:`kdlab.cli` (the command line).
+device-resident loader), :mod:`kdlab.tasks` (what a batch is and how networks are evaluated:
+classification, retrieval, detection), :mod:`kdlab.losses` (the formulas), :mod:`kdlab.methods`
+(one file per method), :mod:`kdlab.train` (the one training loop), :mod:`kdlab.metrics`,
+:mod:`kdlab.live` (live plots and widgets), :mod:`kdlab.profiles` and :mod:`kdlab.cli` (the
+command line).
 """
 
 from . import losses

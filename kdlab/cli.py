@@ -101,10 +101,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         **params,
     )
+    metric = result.summary["metric"]
+    print(f"test {metric} (%), last epoch and best:")
     for name, entry in result.summary["networks"].items():
         print(
-            f"{name:>10}: final {entry['final_acc']:.2f} %, best {entry['best_acc']:.2f} % "
-            f"(epoch {entry['best_epoch']})"
+            f"{name:>10}: final {entry[f'final_{metric}']:.2f} %, "
+            f"best {entry[f'best_{metric}']:.2f} % (epoch {entry['best_epoch']})"
         )
     print(f"wrote {out}/config.json, metrics.jsonl, summary.json")
     return 0
@@ -136,12 +138,13 @@ def _demo_rows(notebook: Path, runs: Path) -> list[dict]:
     rows = []
     for summary_file in sorted(runs.glob("**/summary.json")):
         summary = json.loads(summary_file.read_text())
+        metric = summary.get("metric", "acc")
         for network, entry in summary["networks"].items():
             rows.append({
                 "notebook": notebook.stem, "run": str(summary_file.parent.relative_to(runs)),
                 "network": f"{network} ({entry.get('arch', 'mean softmax')})",
-                "final": f"{entry['final_acc']:.2f}",
-                "best (epoch)": f"{entry['best_acc']:.2f} ({entry['best_epoch']})",
+                "metric": metric, "final": f"{entry[f'final_{metric}']:.2f}",
+                "best (epoch)": f"{entry[f'best_{metric}']:.2f} ({entry['best_epoch']})",
                 "seconds": f"{summary['seconds']:.0f}",
             })  # fmt: skip
     return rows

@@ -34,9 +34,17 @@ __all__ = [
 ]
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``CE(y, z) = −mean_i log softmax(z_i)[y_i]``, the loss of independent training."""
-    return F.cross_entropy(logits.float(), labels)
+def cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """``CE(y, z) = −mean_i Σ_c q_ic log softmax(z_i)_c``, the loss of independent training.
+
+    ``q_i`` is the one-hot label, or with label smoothing ε the mixture
+    ``(1 − ε)·onehot(y_i) + ε/C`` (Szegedy et al. 2016; PyTorch's convention: the ε/C share
+    goes to every class, the true one included). ``logits`` B×C (any float dtype, computed in
+    float32), ``labels`` B class indices; returns a scalar.
+    """
+    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
 
 
 def _check_temperature(temperature: float) -> None:

@@ -1,28 +1,21 @@
-"""What every method reports every epoch on the held-out test split (METHODS.md, "Metrics").
+"""Metrics as pure functions of tensors, shared by the tasks, and the statistics over seeds.
 
-- top-1 accuracy of every network, in percent: ``acc/<name>``;
-- the ensemble's accuracy, from the *mean of the softmax outputs* of its members
-  (not a majority vote): ``acc/ensemble``;
-- for every pair of ensemble members, the fraction of test samples on which their top-1
-  predictions agree (``agree/<a>-<b>``, percent) and their mean JS divergence
-  (``js/<a>-<b>``, nats, at most ln 2).
+- :func:`ensemble_probabilities`: an ensemble's prediction, the mean of its members' softmax;
+- :func:`pairwise_js`: the Jensen–Shannon divergence between two batches of distributions;
+- :func:`summarize`: mean, sample standard deviation and n of a list of results.
 
-Evaluation runs in float32, never under the training's autocast: the same weights give the
-same metrics whichever precision trained them (bf16 logits would move agreement and JS).
-Everything is accumulated on the device; one host transfer at the end.
+How a network is evaluated on a test split is its data set's task's (:mod:`kdlab.tasks`).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-__all__ = ["evaluate", "ensemble_probabilities", "pairwise_js", "summarize"]
+__all__ = ["ensemble_probabilities", "pairwise_js", "summarize"]
 
 
 def ensemble_probabilities(logits: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -38,53 +31,6 @@ def pairwise_js(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return torch.xlogy(a, a).sum(1) - (a * m.clamp_min(1e-30).log()).sum(1)
 
     return (0.5 * (kl(p) + kl(q))).clamp_min(0.0)
-
-
-@torch.no_grad()
-def evaluate(
-    networks: Mapping[str, nn.Module],
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    ensemble: Sequence[str] = (),
-) -> dict[str, float]:
-    """Test metrics of ``networks`` over ``batches``; ``ensemble`` names the ensemble members.
-
-    Float32 (autocast is switched off for the pass, should the caller be inside one). The
-    networks are put in eval mode for the pass and returned to their previous mode.
-    """
-    modes = {name: net.training for name, net in networks.items()}
-    for net in networks.values():
-        net.eval()
-    pairs = list(itertools.combinations(ensemble, 2))
-    correct = {name: 0 for name in networks}
-    if len(ensemble) >= 2:
-        correct["ensemble"] = 0
-    agree = {pair: 0 for pair in pairs}
-    js = {pair: 0 for pair in pairs}
-    count, device = 0, "cpu"
-    for x, y in batches:
-        device = y.device
-        with torch.autocast(device.type, enabled=False):
-            logits = {name: net(x).float() for name, net in networks.items()}
-        preds = {name: z.argmax(1) for name, z in logits.items()}
-        for name in networks:
-            correct[name] = correct[name] + (preds[name] == y).sum()
-        if len(ensemble) >= 2:
-            probs = {name: F.softmax(logits[name], dim=1) for name in ensemble}
-            mean = torch.stack(list(probs.values())).mean(0)
-            correct["ensemble"] = correct["ensemble"] + (mean.argmax(1) == y).sum()
-            for a, b in pairs:
-                agree[(a, b)] = agree[(a, b)] + (preds[a] == preds[b]).sum()
-                js[(a, b)] = js[(a, b)] + pairwise_js(probs[a], probs[b]).sum()
-        count += len(y)
-    for name, net in networks.items():
-        net.train(modes[name])
-    keys = [f"acc/{n}" for n in correct]
-    keys += [f"agree/{a}-{b}" for a, b in pairs] + [f"js/{a}-{b}" for a, b in pairs]
-    values = [100 * c for c in correct.values()]
-    values += [100 * agree[p] for p in pairs] + [js[p] for p in pairs]
-    host = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
-    host = host.cpu() / count  # the one host transfer of the evaluation
-    return dict(zip(keys, host.tolist()))
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:

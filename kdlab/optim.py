@@ -1,7 +1,8 @@
 """Optimizers and learning-rate schedules of a run (METHODS.md §3).
 
-- Every network in ``method.networks`` gets SGD with the recipe's Nesterov momentum and weight
-  decay, at ``config.lr``.
+- Every network in ``method.networks`` gets the recipe's optimizer at ``config.lr``: SGD with
+  Nesterov momentum and weight decay (the default), or Adam with ``config.betas`` and weight
+  decay (L2 added to the gradient, as in DML's re-identification code).
 - The method's auxiliary modules (discriminators, adapters) keep the optimizers the method
   builds (:meth:`~kdlab.methods.Method.auxiliary_optimizers`, e.g. Adam at ``disc_lr``).
 - *Every* optimizer, auxiliary ones included, follows the same schedule shape: each learning
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "build_optimizers",
-    "make_sgd",
+    "make_optimizer",
     "make_scheduler",
     "use_fused",
     "check_milestones",
@@ -53,9 +54,20 @@ def use_fused(fused: str | bool, device: torch.device) -> bool:
     return fused
 
 
-def make_sgd(module: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.SGD:
-    """SGD with the recipe's momentum (Nesterov), weight decay and learning rate."""
+def make_optimizer(
+    module: nn.Module, config: TrainConfig, device: torch.device
+) -> torch.optim.Optimizer:
+    """The recipe's optimizer for one network: SGD (momentum, Nesterov) or Adam (``betas``),
+    with its weight decay and learning rate, on the fused kernel where :func:`use_fused` says."""
     kernel = {"fused": True} if use_fused(config.fused, device) else {"foreach": True}
+    if config.optimizer == "adam":
+        return torch.optim.Adam(
+            module.parameters(),
+            lr=config.lr,
+            betas=tuple(config.betas),
+            weight_decay=config.weight_decay,
+            **kernel,
+        )
     return torch.optim.SGD(
         module.parameters(),
         lr=config.lr,
@@ -118,10 +130,10 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
 def build_optimizers(
     method: Method, config: TrainConfig, device: torch.device
 ) -> tuple[Optimizers, Schedulers]:
-    """One SGD per network and the method's auxiliary optimizers, by module name, and one
+    """One optimizer per network and the method's auxiliary optimizers, by module name, and one
     schedule for each of them (the same shape for all)."""
     optimizers: Optimizers = {
-        name: make_sgd(net, config, device) for name, net in method.networks.items()
+        name: make_optimizer(net, config, device) for name, net in method.networks.items()
     }
     auxiliary = method.auxiliary_optimizers()
     taken = sorted(set(auxiliary) & set(optimizers))

@@ -17,7 +17,8 @@ One rule, in :func:`pick_precision`:
 scaler path of a T4 on the CPU that way (and ``TrainConfig(fused=True)`` CUDA's fused SGD:
 :mod:`kdlab.optim`).
 
-Evaluation never runs under autocast (:func:`kdlab.metrics.evaluate` is float32): the
+Evaluation never runs under autocast (every task evaluates in float32, e.g.
+:func:`kdlab.tasks.classification.evaluate`): the
 precision changes how a network is trained, not how its test metrics are measured.
 """
 

@@ -22,11 +22,12 @@ import dataclasses
 import os
 from typing import Any
 
+from .config import TrainConfig
 from .data import DatasetNotFoundError, ImageDataset, load_dataset
 from .optim import scale_milestones
-from .train import TrainConfig, pick_device
+from .train import pick_device
 
-__all__ = ["Profile", "PROFILES", "profile", "profile_name"]
+__all__ = ["Profile", "PROFILES", "TASK_PROFILES", "profile", "profile_name"]
 
 
 @dataclasses.dataclass
@@ -150,13 +151,20 @@ def profile_name(name: str | None = None) -> str:
     return name
 
 
-def profile(name: str | None = None, **overrides: Any) -> Profile:
-    """A copy of the profile ``name`` (default: ``$KDLAB_PROFILE`` or ``lab``).
+TASK_PROFILES: dict[str, dict[str, Profile]] = {"classification": PROFILES}
+"""The profiles of every task (:mod:`kdlab.tasks`) by task name: each task has its own smoke, lab
+and paper set-up (data set, networks, recipe) under the same three names."""
+
+
+def profile(name: str | None = None, task: str = "classification", **overrides: Any) -> Profile:
+    """A copy of the profile ``name`` (default: ``$KDLAB_PROFILE`` or ``lab``) of ``task``.
 
     ``overrides`` whose value is None are ignored, so a notebook's papermill parameters can
     default to None ("take the profile's value").
     """
-    base = PROFILES[profile_name(name)]
+    if task not in TASK_PROFILES:
+        raise ValueError(f"no profiles for task {task!r}; known: {', '.join(TASK_PROFILES)}")
+    base = TASK_PROFILES[task][profile_name(name)]
     given = {k: v for k, v in overrides.items() if v is not None}
     for key in ("seeds", "milestones"):
         if key in given:

@@ -7,7 +7,8 @@ take one at a time:
 - :mod:`kdlab.optim`: SGD per network (Nesterov momentum, weight decay), the method's own
   optimizers for its auxiliary modules, and one learning-rate schedule shape for all of them;
 - :mod:`kdlab.epoch`: one epoch — the method's steps and the ``update`` they call;
-- :mod:`kdlab.metrics`: the test metrics after every epoch, in float32;
+- :mod:`kdlab.tasks`: the data set's task builds the loaders and measures the test metrics
+  after every epoch, in float32;
 - :mod:`kdlab.checkpoint`: what a resumed run restores, and single saved networks;
 - :mod:`kdlab.callbacks`: the run folder (``config.json``, ``metrics.jsonl``, ``summary.json``,
   an atomic checkpoint every epoch) and the progress bar. The loop knows no screen: live plots
@@ -31,14 +32,13 @@ from torch import nn
 
 from .callbacks import LoopCallback, ProgressBar, RunFolder
 from .checkpoint import TrainingState, load_network, save_network
-from .data import DeviceLoader, ImageDataset, load_dataset
+from .config import TrainConfig
+from .data import load_dataset
 from .epoch import NonFiniteLossError, Updater, train_epoch
-from .methods import Method, get_method
-from .metrics import evaluate
-from .models import build_model
-from .optim import build_optimizers, check_milestones
+from .methods import METHODS, Method, get_method
+from .models import available_models, build_model, model_kind
+from .optim import build_optimizers
 from .precision import (
-    PRECISIONS,
     Precision,
     cpu_has_amx,
     cpu_has_native_bf16,
@@ -66,76 +66,32 @@ __all__ = [
 Callback = Callable[[dict, "History"], None]
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    """The optimisation recipe; the defaults are DML's CIFAR-100 recipe (METHODS.md §3).
-
-    ``milestones`` are epochs of this run, taken as given (the rate drops after each): with
-    ``schedule="step"`` every one must lie below ``epochs``, else ValueError naming it. The
-    default (60, 120, 180) is for the default 200 epochs; a shorter step-schedule run gives
-    its own (:func:`kdlab.optim.scale_milestones` moves a recipe's).
-    """
-
-    epochs: int = 200
-    batch_size: int = 64
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: str = "step"  # "step" (÷10 at milestones), "cosine" or "constant"
-    milestones: tuple[int, ...] = (60, 120, 180)  # epochs of this run, as given (kdlab.optim)
-    gamma: float = 0.1
-    seed: int = 0
-    device: str = "auto"  # "auto" = cuda, else mps, else cpu
-    precision: str = "auto"  # "auto", "fp32", "bf16", "fp16"
-    channels_last: str | bool = "auto"  # auto: on for CUDA and CPU (measured faster on both)
-    eval_batch_size: int = 1024
-    fused: str | bool = "auto"  # fused SGD kernel; auto: on CUDA only (kdlab.optim)
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be ≥ 1, got {self.epochs}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be ≥ 2, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0 or self.momentum < 0:
-            raise ValueError("weight_decay and momentum must be ≥ 0")
-        if self.schedule not in ("step", "cosine", "constant"):
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose step, cosine or constant")
-        if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}"
-            )
-        if self.fused not in ("auto", True, False):
-            raise ValueError(f"fused must be 'auto', True or False, got {self.fused!r}")
-        self.milestones = tuple(self.milestones)
-        if self.schedule == "step":
-            check_milestones(self.milestones, self.epochs)
-        self.milestones = tuple(int(m) for m in self.milestones)
-
-
 class History(list):
-    """Per-epoch records (dicts): ``epoch``, ``lr``, ``seconds``, ``loss/<net>/<term>``,
-    ``acc/<net>``, ``acc/ensemble``, ``agree/<a>-<b>``, ``js/<a>-<b>`` and method metrics.
+    """Per-epoch records (dicts): ``epoch``, ``lr``, ``seconds``, ``loss/<net>/<term>``, the
+    task's test metrics (classification: ``acc/<net>``, ``acc/ensemble``, ``agree/<a>-<b>``,
+    ``js/<a>-<b>``) and method metrics.
 
-    ``last_epoch``: the epoch the running :func:`fit` call ends at (``None`` outside one), so a
-    callback can tell the final record from the others.
+    ``metric``: the task's headline metric (``acc``, ``map``…), which :meth:`networks`,
+    :meth:`final` and :meth:`best` read. ``last_epoch``: the epoch the running :func:`fit` call
+    ends at (``None`` outside one), so a callback can tell the final record from the others.
     """
 
+    metric: str = "acc"
     last_epoch: int | None = None
 
     def networks(self) -> list[str]:
-        """Every name with an accuracy (networks, then ``ensemble``)."""
-        return [k[4:] for k in self[0] if k.startswith("acc/")] if self else []
+        """Every name with a headline metric (networks, then ``ensemble``)."""
+        prefix = f"{self.metric}/"
+        return [k[len(prefix) :] for k in self[0] if k.startswith(prefix)] if self else []
 
-    def final(self, name: str) -> float:
-        return self[-1][f"acc/{name}"]
+    def final(self, name: str, metric: str | None = None) -> float:
+        return self[-1][f"{metric or self.metric}/{name}"]
 
     def best(self, name: str) -> tuple[float, int]:
-        """Best test accuracy of ``name`` and the epoch it was reached (the first, on ties)."""
-        row = max(self, key=lambda r: (r[f"acc/{name}"], -r["epoch"]))
-        return row[f"acc/{name}"], row["epoch"]
+        """Best headline metric of ``name`` and the epoch it was reached (the first, on ties)."""
+        key = f"{self.metric}/{name}"
+        row = max(self, key=lambda r: (r[key], -r["epoch"]))
+        return row[key], row["epoch"]
 
     def column(self, key: str) -> list[float]:
         return [row[key] for row in self]
@@ -178,22 +134,30 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 def make_summary(
-    method: Method, history: History, config: TrainConfig, archs: Mapping, dataset: str
+    method: Method, history: History, config: TrainConfig, archs: Mapping, dataset: Any
 ) -> dict:
-    """Final and best test accuracy (percent) of every network and of the ensemble, with the
-    method, its parameters, the dataset's name, the seed and the agreement of the last epoch."""
+    """Final and best headline metric (``final_<metric>``, ``best_<metric>`` and its epoch; the
+    last value of every other per-network metric of the task) of every network and of the
+    ensemble, with the method, its parameters, the dataset's name, the seed and the agreement of
+    the last epoch."""
+    task, last = dataset.task, history[-1]
     networks = {}
     for name in history.networks():
         best, best_epoch = history.best(name)
-        entry = {"final_acc": history.final(name), "best_acc": best, "best_epoch": best_epoch}
+        entry = {f"final_{task.metric}": history.final(name)}
+        entry.update({f"best_{task.metric}": best, "best_epoch": best_epoch})
+        for metric in task.metrics[1:]:
+            if f"{metric}/{name}" in last:
+                entry[f"final_{metric}"] = last[f"{metric}/{name}"]
         if name in archs:
             entry = {"arch": archs[name], **entry}
         networks[name] = entry
-    last = history[-1]
     return {
         "method": method.name,
         "params": dataclasses.asdict(method.params),
-        "dataset": dataset,
+        "dataset": dataset.name,
+        "task": task.name,
+        "metric": task.metric,
         "seed": config.seed,
         "epochs": config.epochs,
         "epochs_done": last["epoch"],
@@ -215,11 +179,32 @@ def _checkpoint_to_resume(out: Path | None, resume: bool | str) -> Path | None:
     return path if resume else None
 
 
-def _place(method: Method, dataset: ImageDataset, config: TrainConfig, device: torch.device):
-    """Move the method to the device (NHWC where that is faster); the train and test loaders."""
+def check_task(method: Method, dataset: Any) -> None:
+    """ValueError unless ``method`` trains the task of ``dataset`` with networks of its kind."""
+    task = dataset.task
+    if task.name not in method.tasks:
+        able = sorted(n for n, m in METHODS.items() if task.name in m.tasks)
+        raise ValueError(
+            f"method {method.name!r} does not train the {task.name} task of dataset "
+            f"{dataset.name!r}; methods that do: {', '.join(able) or 'none'}"
+        )
+    for name, net in method.evaluated().items():
+        kind = getattr(net, "kind", "classifier")
+        if kind != task.model_kind:
+            arch = getattr(net, "arch", type(net).__name__)
+            raise ValueError(
+                f"network {name} ({arch}) is a {kind}; the {task.name} task of dataset "
+                f"{dataset.name!r} trains a {task.model_kind}"
+            )
+
+
+def _place(method: Method, dataset: Any, config: TrainConfig, device: torch.device):
+    """Move the method to the device (NHWC where that is faster); the task's train and test
+    loaders."""
+    task = dataset.task
     if config.channels_last == "auto":
         # NHWC convolutions: faster on CUDA tensor cores and in oneDNN on CPUs (kdlab/bench).
-        channels_last = device.type in ("cuda", "cpu")
+        channels_last = task.channels_last and device.type in ("cuda", "cpu")
     else:
         channels_last = bool(config.channels_last)
     if device.type == "cuda":
@@ -227,17 +212,14 @@ def _place(method: Method, dataset: ImageDataset, config: TrainConfig, device: t
     method.to(device)
     if channels_last:
         method.to(memory_format=torch.channels_last)
-    train = DeviceLoader.train(
-        dataset, config.batch_size, device, seed=config.seed, channels_last=channels_last
-    )
-    test = DeviceLoader.test(dataset, config.eval_batch_size, device, channels_last=channels_last)
+    train, test = task.loaders(dataset, config, device, channels_last=channels_last)
     method.check_batch_size(train.min_batch_size)
     return channels_last, train, test
 
 
 def fit(
     method: Method,
-    dataset: ImageDataset,
+    dataset: Any,
     config: TrainConfig | None = None,
     *,
     out: str | Path | None = None,
@@ -247,12 +229,12 @@ def fit(
     archs: Mapping[str, str] | None = None,
     stop_after: int | None = None,
 ) -> Run:
-    """Train ``method`` on ``dataset`` with ``config``.
+    """Train ``method`` on ``dataset`` (any data set of :mod:`kdlab.data`) with ``config``.
 
-    Per epoch (:func:`kdlab.epoch.train_epoch`): the method's steps under the precision's
+    The data set's task (:mod:`kdlab.tasks`) builds the loaders and evaluates. Per epoch (:func:`kdlab.epoch.train_epoch`): the method's steps under the precision's
     autocast (:mod:`kdlab.precision`), each handing its loss terms to ``update``; then the
     schedules step (:mod:`kdlab.optim`), every network is evaluated on the test split in
-    float32 (:func:`kdlab.metrics.evaluate`), the record is appended to the history, and the
+    float32 (``dataset.task.evaluate``), the record is appended to the history, and the
     callbacks are called with ``(record, history)``: with ``out``, the run folder first
     (:class:`kdlab.callbacks.RunFolder`: metrics.jsonl and an atomic checkpoint), then the
     progress bar, then ``callbacks``.
@@ -268,11 +250,13 @@ def fit(
     """
     config = config or TrainConfig()
     archs = dict(archs or {})
+    check_task(method, dataset)
+    method.label_smoothing = config.label_smoothing  # every method's CE (Method.ce)
     out = Path(out) if out is not None else None
     resume_from = _checkpoint_to_resume(out, resume)
     device = pick_device(config.device)
     precision = Precision.pick(config.precision, device)
-    channels_last, train_loader, test_loader = _place(method, dataset, config, device)
+    channels_last, train_loader, test = _place(method, dataset, config, device)
     optimizers, schedulers = build_optimizers(method, config, device)
     state = TrainingState(method, optimizers, schedulers, precision.scaler, train_loader, device)
     last_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
@@ -283,13 +267,13 @@ def fit(
     if progress:
         hooks.append(ProgressBar(method.name, last_epoch, len(train_loader)))
     history = History(state.load(resume_from) if resume_from else [])
-    history.last_epoch = last_epoch
+    history.metric, history.last_epoch = dataset.task.metric, last_epoch
     update = Updater(optimizers, precision.scaler)
     try:
         for hook in hooks:
             hook.start(history)
         for epoch in range(len(history) + 1, last_epoch + 1):
-            record = _epoch(method, state, update, precision, test_loader, epoch, hooks, out)
+            record = _epoch(method, state, update, precision, dataset.task, test, epoch, hooks, out)
             history.append(record)
             for callback in [*hooks, *callbacks]:
                 callback(record, history)
@@ -298,15 +282,16 @@ def fit(
             hook.close()
     if channels_last:  # hand the networks back in the standard layout
         method.to(memory_format=torch.contiguous_format)
-    summary = make_summary(method, history, config, archs, dataset.name) if history else {}
+    summary = make_summary(method, history, config, archs, dataset) if history else {}
     result = Run(method, history, summary, out)
     for hook in hooks:
         hook.end(result)
     return result
 
 
-def _epoch(method, state, update, precision, test_loader, epoch, hooks, out) -> dict[str, Any]:
-    """One epoch's record: its training means, learning rate, time and test metrics."""
+def _epoch(method, state, update, precision, task, test, epoch, hooks, out) -> dict[str, Any]:
+    """One epoch's record: its training means, learning rate, time and the task's test
+    metrics."""
     started = time.perf_counter()
     lr = state.optimizers[next(iter(method.networks))].param_groups[0]["lr"]
 
@@ -327,7 +312,7 @@ def _epoch(method, state, update, precision, test_loader, epoch, hooks, out) -> 
         torch.cuda.synchronize(state.device)
     record: dict[str, Any] = {"epoch": epoch, "lr": lr, **means}
     record["seconds"] = time.perf_counter() - started
-    record.update(evaluate(method.evaluated(), test_loader, method.ensemble_members()))
+    record.update(task.evaluate(method.evaluated(), test, method.ensemble_members()))
     return record
 
 
@@ -342,7 +327,7 @@ def _role_names(method_cls: type[Method], count: int) -> list[str]:
 def run(
     method: str,
     models: Sequence[str] | str,
-    dataset: ImageDataset | str = "digits",
+    dataset: Any = "digits",
     *,
     teacher: nn.Module | str | None = None,
     config: TrainConfig | None = None,
@@ -367,6 +352,15 @@ def run(
     names = [m.strip() for m in models.split(",")] if isinstance(models, str) else list(models)
     if not names or not all(names):
         raise ValueError("give at least one model name")
+    kind = dataset.task.model_kind
+    for arch in names + (
+        [teacher] if isinstance(teacher, str) and not teacher.endswith(".pt") else []
+    ):
+        if model_kind(arch) != kind:
+            raise ValueError(
+                f"model {arch!r} is a {model_kind(arch)}; dataset {dataset.name!r} ({dataset.task.name}) "
+                f"trains a {kind}: {', '.join(available_models(kind))}"
+            )
     seed_everything(config.seed)
     roles = _role_names(method_cls, len(names))
     networks = {

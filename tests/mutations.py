@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LOSSES = "kdlab/losses.py"
 ADML = "kdlab/methods/adml.py"
 TADML = "kdlab/methods/tadml.py"
+CLASSIFICATION = "kdlab/tasks/classification.py"
 METRICS = "kdlab/metrics.py"
 MUTUAL_TESTS = ("tests/test_mutual.py",)
 METRIC_TESTS = ("tests/test_metrics.py", "tests/test_kdml.py")
@@ -125,7 +126,7 @@ MUTATIONS = [
     Mutation(
         "ensemble-mean-logits",
         "the ensemble averages the members' logits instead of their softmax outputs",
-        METRICS,
+        CLASSIFICATION,
         "mean = torch.stack(list(probs.values())).mean(0)",
         "mean = torch.stack([logits[name] for name in ensemble]).mean(0)",
         METRIC_TESTS,

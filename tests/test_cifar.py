@@ -15,9 +15,8 @@ import types
 import numpy as np
 import pytest
 
-from kdlab import cifar
-from kdlab.cifar import CorruptArchiveError
-from kdlab.data import DatasetNotFoundError, load_dataset
+from kdlab.data import DatasetNotFoundError, cifar, load_dataset
+from kdlab.data.cifar import CorruptArchiveError
 
 
 def _rows(first: int, count: int) -> np.ndarray:

@@ -184,7 +184,7 @@ def cifar_root(tmp_path, monkeypatch):
     """A root holding a small CIFAR-10 archive (test_cifar's), whose checksum is accepted."""
     import hashlib
 
-    from kdlab import cifar
+    from kdlab.data import cifar
 
     (tmp_path / NAMES["cifar10"]).write_bytes(ARCHIVES["cifar10"])
     md5 = hashlib.md5(ARCHIVES["cifar10"]).hexdigest()

@@ -13,7 +13,7 @@ import torch
 
 import kdlab
 from kdlab.data import DeviceLoader
-from kdlab.metrics import evaluate
+from kdlab.tasks.classification import evaluate
 
 
 @pytest.fixture(scope="module")

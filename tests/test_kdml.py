@@ -13,8 +13,8 @@ import kdlab
 from kdlab.cli import main
 from kdlab.data import DeviceLoader
 from kdlab.methods.kdml import SETUPS, TeacherAndPeers, feature_mse
-from kdlab.metrics import evaluate
 from kdlab.models import build_model
+from kdlab.tasks.classification import evaluate
 
 
 class FixedLogits(nn.Module):

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from kdlab.metrics import ensemble_probabilities, evaluate, pairwise_js, summarize
+from kdlab.metrics import ensemble_probabilities, pairwise_js, summarize
+from kdlab.tasks.classification import evaluate
 
 LN2 = math.log(2.0)
 

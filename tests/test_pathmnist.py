@@ -12,7 +12,8 @@ import torch
 
 import kdlab
 from kdlab.cli import main
-from kdlab.data import PATHMNIST_CLASSES, DatasetNotFoundError, load_dataset
+from kdlab.data import DatasetNotFoundError, load_dataset
+from kdlab.data.small import PATHMNIST_CLASSES
 
 
 def _write_npz(root, n_train=36, n_val=9, n_test=18, seed=0):

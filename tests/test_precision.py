@@ -14,9 +14,9 @@ import torch
 
 import kdlab
 from kdlab.data import DeviceLoader
-from kdlab.metrics import evaluate
 from kdlab.optim import build_optimizers, use_fused
 from kdlab.precision import Precision, pick_precision
+from kdlab.tasks.classification import evaluate
 
 CUDA = torch.device("cuda")
 
@@ -180,7 +180,15 @@ def test_cuda_rng_state_and_synchronisation_with_torch_cuda_faked(digits, tmp_pa
     test = DeviceLoader.test(digits, 1024, cpu)
     state = TrainingState(method, optimizers, schedulers, precision.scaler, train, CUDA)
     record = _epoch(
-        method, state, Updater(optimizers, precision.scaler), precision, test, 1, [], None
+        method,
+        state,
+        Updater(optimizers, precision.scaler),
+        precision,
+        digits.task,
+        test,
+        1,
+        [],
+        None,
     )
     assert calls == [("sync", CUDA)] and record["acc/net1"] > 0
     state.save(tmp_path / "checkpoint.pt", [record])

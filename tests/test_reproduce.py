@@ -73,13 +73,13 @@ def test_smoke_grid_end_to_end(smoke_results):
     for row in results:
         mine = [r for r in runs if r["label"] == row["label"] and r["network"] == row["network"]]
         assert sorted(int(r["seed"]) for r in mine) == [0, 1] and row["n"] == "2"
-        stats = summarize([float(r["final_acc"]) for r in mine])
+        stats = summarize([float(r["final"]) for r in mine])
         assert float(row["final_mean"]) == pytest.approx(stats["mean"])
         assert float(row["final_std"]) == pytest.approx(stats["std"])  # sample std (n − 1)
         assert float(row["best_mean"]) >= float(row["final_mean"]) - 1e-9
         assert 1 <= float(row["best_epoch_mean"]) <= 2
     # The seeds differ, so the runs differ (a grid that ran one seed twice would fail here).
-    alone = [float(r["final_acc"]) for r in runs if r["method"] == "independent"]
+    alone = [float(r["final"]) for r in runs if r["method"] == "independent"]
     assert alone[0] != alone[1]
     independent = next(r for r in results if r["method"] == "independent")
     assert float(independent["final_mean"]) > 15  # two epochs already beat chance (10 %)

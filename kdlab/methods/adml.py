@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import cross_entropy, probability_distance
+from ..losses import probability_distance
 from .base import Method, check_choice, check_weight, register
 from .dml import peer_mean
 
@@ -170,7 +170,7 @@ class AdversarialMutualLearning(Method):
                 if other != name
             ]
             terms[name] = {
-                "ce": cross_entropy(z, y),
+                "ce": self.ce(z, y),
                 "div": p.lam_div * peer_mean(divergence),
                 "adv": p.lam_adv * self._adversarial(self.auxiliary[f"disc{i + 1}"], views[name]),
             }

@@ -14,6 +14,8 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+from ..losses import cross_entropy
+
 Terms = dict[str, torch.Tensor]  # a network's named loss terms, e.g. {"ce": …, "kd": …}
 
 
@@ -91,6 +93,11 @@ class Method(nn.Module):
         None  # None, "pretrained" (frozen) or "online" (trained too)
     )
     renamed: ClassVar[dict[str, str]] = {}  # old parameter name → new: an error that names it
+    # The tasks (kdlab.tasks) whose batches the method's step reads: terms on logits and
+    # features serve classification and retrieval (identity logits) alike.
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "retrieval")
+
+    label_smoothing: float = 0.0  # the recipe's ε (TrainConfig.label_smoothing), set by fit
 
     def __init__(self, networks: Mapping[str, nn.Module], **params: Any) -> None:
         super().__init__()
@@ -131,6 +138,11 @@ class Method(nn.Module):
         """Raise ValueError if a batch of ``batch_size`` samples is too small for the method."""
 
     # -- shared behaviour ---------------------------------------------------------------------
+    def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``CE(y, z)`` with the recipe's label smoothing (:func:`kdlab.losses.cross_entropy`):
+        every method's cross-entropy with the label goes through here."""
+        return cross_entropy(logits, y, self.label_smoothing)
+
     def evaluated(self) -> dict[str, nn.Module]:
         """Every network whose test accuracy is reported: the frozen ones first."""
         return {**dict(self.frozen), **dict(self.networks)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..losses import cross_entropy, dist_terms
+from ..losses import dist_terms
 from .base import FrozenTeacherMethod, check_temperature, check_weight, register
 
 
@@ -56,7 +56,7 @@ class DIST(FrozenTeacherMethod):
         p = self.params
         inter, intra = dist_terms(logits, teacher_logits, p.temperature)
         return {
-            "ce": p.ce_weight * cross_entropy(logits, y),
+            "ce": p.ce_weight * self.ce(logits, y),
             "inter": p.beta * inter,
             "intra": p.gamma * intra,
         }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..losses import cross_entropy, dkd_terms
+from ..losses import dkd_terms
 from .base import FrozenTeacherMethod, check_temperature, check_weight, register
 
 
@@ -51,7 +51,7 @@ class DecoupledKD(FrozenTeacherMethod):
         p, warm = self.params, self.warm(epoch)
         tckd, nckd = dkd_terms(logits, teacher_logits, y, p.temperature)
         return {
-            "ce": p.ce_weight * cross_entropy(logits, y),
+            "ce": p.ce_weight * self.ce(logits, y),
             "tckd": warm * p.alpha * tckd,
             "nckd": warm * p.beta * nckd,
         }

@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from ..losses import cross_entropy, mutual_kl
+from ..losses import mutual_kl
 from .base import Method, check_choice, check_temperature, check_weight, register
 
 UPDATE_ORDERS = ("sync", "alternating")
@@ -65,7 +65,7 @@ class DeepMutualLearning(Method):
             for other, z_other in logits.items()
             if other != name
         ]
-        return {"ce": cross_entropy(z, y), "kl": self.params.lam * peer_mean(mimicry)}
+        return {"ce": self.ce(z, y), "kl": self.params.lam * peer_mean(mimicry)}
 
     def training_step(self, x, y, update, *, epoch=1, step=0):
         logits = {name: net(x) for name, net in self.networks.items()}

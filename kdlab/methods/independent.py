@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..losses import cross_entropy
 from .base import Method, register
 
 
@@ -17,5 +16,5 @@ class Independent(Method):
     name = "independent"
 
     def training_step(self, x, y, update, *, epoch=1, step=0):
-        update({name: {"ce": cross_entropy(net(x), y)} for name, net in self.networks.items()})
+        update({name: {"ce": self.ce(net(x), y)} for name, net in self.networks.items()})
         return {}

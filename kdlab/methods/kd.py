@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..losses import cross_entropy, kd_loss
+from ..losses import kd_loss
 from .base import FrozenTeacherMethod, check_temperature, register
 
 
@@ -33,6 +33,6 @@ class KnowledgeDistillation(FrozenTeacherMethod):
     def student_terms(self, logits, teacher_logits, y, epoch):
         alpha, temperature = self.params.alpha, self.params.temperature
         return {
-            "ce": (1 - alpha) * cross_entropy(logits, y),
+            "ce": (1 - alpha) * self.ce(logits, y),
             "kd": alpha * kd_loss(logits, teacher_logits, temperature),
         }

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import cross_entropy, kd_loss, mutual_kl
+from ..losses import kd_loss, mutual_kl
 from .base import Method, check_choice, check_temperature, check_weight, register
 
 __all__ = ["TeacherAndPeers", "SETUPS", "feature_mse"]
@@ -200,7 +200,7 @@ class TeacherAndPeers(Method):
         adapters = self.auxiliary["adapters"] if features else None
         for i, name in enumerate(self.students):
             z = logits[name]
-            own = {"ce": cross_entropy(z, y)}
+            own = {"ce": self.ce(z, y)}
             if z_t is not None:
                 if self._learns_features(i):
                     adapted = adapters[f"{name}_to_teacher"](maps[name][-1])
@@ -217,7 +217,7 @@ class TeacherAndPeers(Method):
                 own["feat"] = p.beta * sum(mse) / (n - 1)
             terms[name] = own
         if teacher is not None and "teacher" in self.networks:
-            own = {"ce": cross_entropy(z_t, y)}
+            own = {"ce": self.ce(z_t, y)}
             if p.teacher_learns_from_students:
                 own["back"] = p.lam_back * sum(mutual_kl(z_t, logits[s]) for s in self.students) / n
             terms = {"teacher": own, **terms}

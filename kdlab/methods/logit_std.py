@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..losses import cross_entropy, logit_std_kd_loss
+from ..losses import logit_std_kd_loss
 from .base import FrozenTeacherMethod, check_temperature, check_weight, register
 
 
@@ -42,6 +42,6 @@ class LogitStandardKD(FrozenTeacherMethod):
     def student_terms(self, logits, teacher_logits, y, epoch):
         p = self.params
         return {
-            "ce": p.ce_weight * cross_entropy(logits, y),
+            "ce": p.ce_weight * self.ce(logits, y),
             "kd": p.kd_weight * logit_std_kd_loss(logits, teacher_logits, p.temperature),
         }

@@ -2,8 +2,9 @@
 
 ``OUT/runs.csv``: one row per cell and network (a seed's run). ``OUT/results.csv`` and
 ``OUT/results.md``: one row per cell group (the cell without its seed) and network: final
-(last epoch) and best test accuracy, mean ± sample standard deviation over the seeds with n,
-the best epoch, and the published number where the grid matches a published row.
+(last epoch) and best headline metric of the data set's task (``metric``: top-1 accuracy,
+mAP…), mean ± sample standard deviation over the seeds with n, the best epoch, and the
+published number where the grid matches a published row.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from .published import published_for
 
 RESULT_COLUMNS = [
     "label", "method", "models", "teacher", "dataset", "params", "settings", "profile",
-    "network", "arch", "n", "seeds", "final_mean", "final_std", "best_mean", "best_std",
+    "network", "arch", "metric", "n", "seeds", "final_mean", "final_std", "best_mean", "best_std",
     "best_epoch_mean", "epochs", "agree_mean", "published", "published_sources",
 ]  # fmt: skip
 RUN_COLUMNS = [
-    "label", "group", "method", "models", "dataset", "seed", "network", "arch", "final_acc",
-    "best_acc", "best_epoch", "epochs", "agree", "run", "executed",
+    "label", "group", "method", "models", "dataset", "seed", "network", "arch", "metric", "final",
+    "best", "best_epoch", "epochs", "agree", "run", "executed",
 ]  # fmt: skip
 EXPLANATION = (
     "Test top-1 accuracy (%). **final**: the last epoch; **best**: the best epoch, chosen on the "
@@ -72,11 +73,12 @@ def _run_rows(out: Path, record: Mapping) -> list[dict]:
     summary = json.loads((out / record["run"] / "summary.json").read_text())
     agreement = [v for k, v in summary.get("agreement", {}).items() if k.startswith("agree/")]
     agree = sum(agreement) / len(agreement) if agreement else None
+    metric = summary.get("metric", "acc")
     return [
         {"label": record["label"], "group": record["group"], "method": spec["method"],
          "models": "+".join(spec["models"]), "dataset": summary.get("dataset"),
          "seed": spec["seed"], "network": network, "arch": entry.get("arch", ""),
-         "final_acc": entry["final_acc"], "best_acc": entry["best_acc"],
+         "metric": metric, "final": entry[f"final_{metric}"], "best": entry[f"best_{metric}"],
          "best_epoch": entry["best_epoch"], "epochs": summary["epochs"], "agree": agree,
          "run": record["run"], "executed": record.get("executed") or ""}
         for network, entry in summary["networks"].items()
@@ -91,9 +93,10 @@ def _results(runs, specs: Mapping[str, Mapping]):
         return pd.DataFrame(columns=RESULT_COLUMNS)
     stats = runs.groupby(["group", "network"], sort=False).agg(
         label=("label", "first"), dataset=("dataset", "first"), arch=("arch", "first"),
-        n=("final_acc", "size"), seeds=("seed", lambda s: " ".join(map(str, s))),
-        final_mean=("final_acc", "mean"), final_std=("final_acc", "std"),
-        best_mean=("best_acc", "mean"), best_std=("best_acc", "std"),
+        metric=("metric", "first"), n=("final", "size"),
+        seeds=("seed", lambda s: " ".join(map(str, s))),
+        final_mean=("final", "mean"), final_std=("final", "std"),
+        best_mean=("best", "mean"), best_std=("best", "std"),
         best_epoch_mean=("best_epoch", "mean"), epochs=("epochs", "first"),
         agree_mean=("agree", "mean"),
     ).reset_index()  # fmt: skip

@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DatasetNotFoundError, ImageDataset
-from .io import atomic_write
+from ..io import atomic_write
+from . import register_dataset
+from .images import DatasetNotFoundError, ImageDataset
 
 __all__ = ["load_cifar", "cache_root", "CorruptArchiveError", "CIFAR", "COLAB_DRIVE"]
 
@@ -226,3 +227,15 @@ def load_cifar(name: str, root: Path, download: bool = True, progress: bool = Tr
     else:
         classes = [str(c) for c in range(int(max(train_y.max(), test_y.max())) + 1)]
     return ImageDataset(name, train_x, train_y, test_x, test_y, classes, padding=4, flip=True)
+
+
+@register_dataset("cifar10", summary="CIFAR-10: 50,000 + 10,000 images, 32×32 RGB, 10 classes")
+def cifar10(root: Path, download: bool = True) -> ImageDataset:
+    """CIFAR-10 (:func:`load_cifar`)."""
+    return load_cifar("cifar10", root, download)
+
+
+@register_dataset("cifar100", summary="CIFAR-100: 50,000 + 10,000 images, 32×32 RGB, 100 classes")
+def cifar100(root: Path, download: bool = True) -> ImageDataset:
+    """CIFAR-100 (:func:`load_cifar`)."""
+    return load_cifar("cifar100", root, download)

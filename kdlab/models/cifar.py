@@ -1,23 +1,13 @@
-"""Teacher and student networks for knowledge-distillation experiments.
+"""The CIFAR-sized networks: ResNets, wide ResNets, a MobileNet for 32×32 and small CNNs.
 
-Every network is built by :func:`build_model` and shares one interface:
+All of them share the interface of :mod:`kdlab.models` and end in global adaptive average
+pooling, so any input of at least 8x8 pixels works (8x8 grayscale digits, 28x28 MNIST-style
+images, 32x32 CIFAR images, ...). They use no in-place operation on a tensor that autograd or
+the returned feature list still needs, so they can be trained under ``torch.autocast`` and in
+``channels_last`` memory format. For pre-activation networks the last feature map is taken after
+the final BN + ReLU.
 
-* ``model(x)`` returns the logits, shape ``(B, num_classes)``;
-* ``model(x, return_features=True)`` returns ``(logits, features)``, where ``features`` is a
-  list with one feature map per stage (each ``B x C_s x H_s x W_s``), taken from the same forward
-  pass, in order from the input side. The last entry is the last stage's output right before
-  global average pooling (for pre-activation networks, after the final BN + ReLU);
-* ``model.stage_channels`` lists the channel count of each entry of ``features``;
-* ``model.feature_dim`` is the size of the pooled embedding fed to the linear classifier (the
-  channel count of the last stage);
-* ``model.arch`` is the name the model was built with.
-
-All networks end in global adaptive average pooling, so any input of at least 8x8 pixels works
-(8x8 grayscale digits, 28x28 MNIST-style images, 32x32 CIFAR images, ...). They use no
-in-place operation on a tensor that autograd or the returned feature list still needs, so they
-can be trained under ``torch.autocast`` and in ``channels_last`` memory format.
-
-Available architectures (see :func:`available_models`):
+The architectures:
 
 ``resnet20``, ``resnet32``, ``resnet44``, ``resnet56``, ``resnet110``
     CIFAR ResNets of He et al. (2016, section 4.2), depth ``6n + 2``, stages of 16/32/64
@@ -36,18 +26,13 @@ Available architectures (see :func:`available_models`):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["available_models", "build_model"]
-
-_WRN_PATTERN = "wrn_<depth>_<width>"
-_WRN_RE = re.compile(r"wrn_([1-9][0-9]*)_([1-9][0-9]*)")
-
+from . import register_model, register_pattern
 
 # ---------------------------------------------------------------------------
 # Shared skeleton
@@ -362,7 +347,7 @@ def _simple_cnn_builder(width: int) -> Callable[[int, int, str], _StagedNet]:
 # Registry
 # ---------------------------------------------------------------------------
 
-_BUILDERS: dict[str, Callable[[int, int, str], _StagedNet]] = {
+for _name, _build in {
     "cnn": _simple_cnn_builder(32),
     "cnn_small": _simple_cnn_builder(16),
     "cnn_tiny": _simple_cnn_builder(8),
@@ -374,45 +359,21 @@ _BUILDERS: dict[str, Callable[[int, int, str], _StagedNet]] = {
     "resnet110": _resnet_builder(110),
     "resnet8x4": _resnet_x4_builder(8),
     "resnet32x4": _resnet_x4_builder(32),
-}
+}.items():
+    register_model(_name)(_build)
 
 
-def available_models() -> list[str]:
-    """Names accepted by :func:`build_model`: the fixed names, then the ``wrn_<depth>_<width>``
-    pattern (``depth`` with ``(depth - 4) % 6 == 0``, ``depth >= 10``, ``width >= 1``)."""
-    return list(_BUILDERS) + [_WRN_PATTERN]
+def _wrn_rule(match) -> str | None:
+    depth = int(match.group(1))
+    if depth < 10 or (depth - 4) % 6 != 0:
+        return (
+            f"Wide ResNet depth {depth}: (depth - 4) must be a positive multiple of 6, "
+            "e.g. 10, 16, 22, 28, 40"
+        )
+    return None
 
 
-def _unknown(name: str, reason: str = "") -> ValueError:
-    known = ", ".join(available_models())
-    detail = f" ({reason})" if reason else ""
-    return ValueError(f"unknown model {name!r}{detail}; known: {known} (e.g. wrn_16_2)")
-
-
-def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
-    """Build the network ``name`` with ``num_classes`` outputs and ``in_channels`` input channels.
-
-    Raises ``ValueError`` for an unknown name (the message lists the known ones), for
-    ``num_classes < 2``, ``in_channels < 1``, or a ``wrn_<depth>_<width>`` whose depth is not
-    of the form ``6n + 4`` with ``n >= 1``.
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"model name must be a string, got {type(name).__name__}")
-    if int(num_classes) != num_classes or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes}")
-    if int(in_channels) != in_channels or in_channels < 1:
-        raise ValueError(f"in_channels must be an integer >= 1, got {in_channels}")
-    num_classes, in_channels = int(num_classes), int(in_channels)
-    if name in _BUILDERS:
-        return _BUILDERS[name](num_classes, in_channels, name)
-    match = _WRN_RE.fullmatch(name)
-    if match is not None:
-        depth, width = int(match.group(1)), int(match.group(2))
-        if depth < 10 or (depth - 4) % 6 != 0:
-            raise _unknown(
-                name,
-                f"Wide ResNet depth {depth}: (depth - 4) must be a positive "
-                "multiple of 6, e.g. 10, 16, 22, 28, 40",
-            )
-        return _wide_resnet(depth, width, num_classes, in_channels, name)
-    raise _unknown(name)
+@register_pattern("wrn_<depth>_<width>", r"wrn_([1-9][0-9]*)_([1-9][0-9]*)", check=_wrn_rule)
+def _wrn(match, num_classes: int, in_channels: int, arch: str) -> _StagedNet:
+    """Wide ResNet ``wrn_<depth>_<width>`` (depth ``6n + 4``, ``n >= 1``; width ``>= 1``)."""
+    return _wide_resnet(int(match.group(1)), int(match.group(2)), num_classes, in_channels, arch)

@@ -1,4 +1,4 @@
-"""Datasets and the device-resident batch loader.
+"""Image classification data sets in memory, and the device-resident batch loader.
 
 Every dataset is held as uint8 images (N×C×H×W) and int64 labels. The loader keeps them on the
 training device and does the whole input pipeline there, per batch: shuffle (``torch.randperm``
@@ -9,16 +9,13 @@ normalisation. The same code runs on a CPU. No worker processes, no PIL, no host
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ImageDataset", "DeviceLoader", "load_dataset", "DATASETS", "DatasetNotFoundError"]
-
-DATASETS = ("digits", "cifar10", "cifar100", "pathmnist")
+__all__ = ["ImageDataset", "DeviceLoader", "DatasetNotFoundError"]
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -39,8 +36,13 @@ class ImageDataset:
     flip: bool = True  # random horizontal flip (off where a flip changes the class)
     mean: tuple[float, ...] = field(default=())
     std: tuple[float, ...] = field(default=())
+    task: Any = None  # a kdlab.tasks.Task; None: classification, scored by top-1 accuracy
 
     def __post_init__(self) -> None:
+        if self.task is None:
+            from ..tasks.classification import Classification
+
+            self.task = Classification()
         if not self.mean:  # per-channel statistics of the training images, in [0, 1] units
             total = torch.zeros(self.in_channels, dtype=torch.float64)
             squares = torch.zeros(self.in_channels, dtype=torch.float64)
@@ -90,160 +92,9 @@ class ImageDataset:
                     picked.append(int(idx[i]))
             i += 1
         keep = torch.tensor(sorted(picked))
-        return ImageDataset(
-            self.name,
-            self.train_images[keep],
-            self.train_labels[keep],
-            self.test_images,
-            self.test_labels,
-            self.classes,
-            self.padding,
-            self.flip,
-            self.mean,
-            self.std,
+        return replace(
+            self, train_images=self.train_images[keep], train_labels=self.train_labels[keep]
         )
-
-
-def _digits() -> ImageDataset:
-    """scikit-learn's bundled 8×8 handwritten digits (1,797 images): no network needed.
-
-    Fixed split: a stratified 70 % / 30 % train/test split with random_state 0. No flips
-    (a mirrored digit is another symbol), 1-pixel crop padding.
-    """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()
-    images = np.round(bunch.images * (255 / 16)).astype(np.uint8)[:, None]  # N×1×8×8
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        images, bunch.target, test_size=0.3, random_state=0, stratify=bunch.target
-    )
-    return ImageDataset(
-        "digits",
-        torch.from_numpy(x_tr),
-        torch.from_numpy(y_tr).long(),
-        torch.from_numpy(x_te),
-        torch.from_numpy(y_te).long(),
-        [str(d) for d in range(10)],
-        padding=1,
-        flip=False,
-    )
-
-
-# MedMNIST's PathMNIST label names, in label order.
-PATHMNIST_CLASSES = [
-    "adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
-    "normal colon mucosa", "cancer-associated stroma", "colorectal adenocarcinoma epithelium",
-]  # fmt: skip
-
-_PATHMNIST_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
-
-
-def _download_pathmnist(medmnist, root: Path, name: str) -> None:
-    """medmnist's download of ``name`` into a temporary folder in ``root``, then moved into place
-    (``os.replace``: atomic), so that an interrupted download leaves nothing named ``name``."""
-    import os
-    import tempfile
-
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix=".pathmnist.") as tmp:
-        medmnist.PathMNIST(split="test", download=True, root=tmp)
-        os.replace(Path(tmp) / name, root / name)
-
-
-def _pathmnist(root: Path, download: bool) -> ImageDataset:
-    """MedMNIST's PathMNIST: colorectal cancer histology, 9 tissue classes, 28×28 RGB.
-
-    Read from ``root/pathmnist.npz`` (MedMNIST's format: ``train_images`` N×28×28×3 uint8,
-    ``train_labels`` N×1, likewise ``val_*`` and ``test_*``); when absent, the optional
-    ``medmnist`` package downloads it there, into a temporary folder first (medmnist writes
-    its download in place): only a finished, checked download is moved to ``root``, so a cut
-    leaves no half file that a later load would read. The validation split is not used.
-    """
-    path = root / "pathmnist.npz"
-    reason = ""
-    if not path.exists() and download:
-        try:
-            import medmnist
-        except ImportError:
-            reason = " (the optional medmnist package is not installed)"
-        else:
-            try:
-                _download_pathmnist(medmnist, root, path.name)
-            except Exception as error:  # offline, or a failed download
-                reason = f" (download failed: {error})".replace("\n", " ")
-    if not path.exists():
-        raise DatasetNotFoundError(
-            f"pathmnist is not in {root}/ and could not be downloaded{reason}: put pathmnist.npz "
-            f'(MedMNIST, 28×28) at {path}, or install the extra with pip install "kdlab[medmnist]" '
-            f"on a machine with network; the 'digits' dataset works offline."
-        )
-    with np.load(path) as npz:
-        missing = [k for k in _PATHMNIST_KEYS if k not in npz.files]
-        if missing:
-            raise ValueError(f"{path} is not in MedMNIST's format: it has no {', '.join(missing)}")
-        arrays = {k: npz[k] for k in _PATHMNIST_KEYS}
-
-    def images(a: np.ndarray) -> torch.Tensor:
-        a = a[..., None] if a.ndim == 3 else a  # grayscale MedMNIST sets are N×H×W
-        return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(torch.uint8)
-
-    def labels(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a.reshape(-1).astype(np.int64))
-
-    return ImageDataset(
-        "pathmnist",
-        images(arrays["train_images"]),
-        labels(arrays["train_labels"]),
-        images(arrays["test_images"]),
-        labels(arrays["test_labels"]),
-        list(PATHMNIST_CLASSES),
-        padding=2,
-        flip=True,
-    )
-
-
-def default_root() -> Path:
-    """Where datasets are cached: ``$KDLAB_DATA``, else the checkout's ``data/`` folder (when
-    kdlab runs from a clone, whatever the working directory), else ``./data``."""
-    import os
-
-    if os.environ.get("KDLAB_DATA"):
-        return Path(os.environ["KDLAB_DATA"])
-    checkout = Path(__file__).resolve().parents[1] / "data"
-    return checkout if checkout.is_dir() else Path("data")
-
-
-def load_dataset(
-    name: str = "digits",
-    root: str | Path | None = None,
-    train_size: int | None = None,
-    download: bool = True,
-) -> ImageDataset:
-    """Load a dataset as uint8 tensors.
-
-    - ``"digits"`` (the embedded default): scikit-learn's handwritten digits, works offline.
-    - ``"cifar10"``, ``"cifar100"``: downloaded once into ``root`` (from ``$KDLAB_CIFAR_URL``,
-      a mirror, where set), checked against its MD5, kept in a cache folder that can outlive a
-      Colab runtime (Drive): :mod:`kdlab.cifar`.
-    - ``"pathmnist"``: MedMNIST's colorectal histology (the optional ``medmnist`` extra).
-
-    ``train_size`` keeps a fixed, class-balanced subset of the training split (the test split
-    is always whole). Raises ValueError for an unknown name and DatasetNotFoundError, naming
-    the files and where they go, when a dataset is absent and cannot be downloaded.
-    """
-    root = Path(root) if root is not None else default_root()
-    if name == "digits":
-        dataset = _digits()
-    elif name in ("cifar10", "cifar100"):
-        from .cifar import load_cifar
-
-        dataset = load_cifar(name, root, download)
-    elif name == "pathmnist":
-        dataset = _pathmnist(root, download)
-    else:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    return dataset.subset(train_size)
 
 
 class DeviceLoader:
