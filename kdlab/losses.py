@@ -31,6 +31,10 @@ __all__ = [
     "dist_terms",
     "standardize_logits",
     "logit_std_kd_loss",
+    "hint_loss",
+    "flow_matrix",
+    "fsp_loss",
+    "logit_regression_loss",
 ]
 
 
@@ -302,3 +306,80 @@ def logit_std_kd_loss(
     return kd_loss(
         standardize_logits(student_logits), standardize_logits(teacher_logits), temperature
     )
+
+
+# -- Table 7's feature and logit regression baselines (METHODS.md §8) ---------------------------
+
+
+def _pool_to_smaller(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a`` and ``b`` (B×C×H×W) with the larger one average-pooled to the other's H×W."""
+    if a.shape[-2:] == b.shape[-2:]:
+        return a, b
+    size = tuple(min(i, j) for i, j in zip(a.shape[-2:], b.shape[-2:], strict=True))
+    return F.adaptive_avg_pool2d(a, size), F.adaptive_avg_pool2d(b, size)
+
+
+def hint_loss(regressed: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
+    """FitNet's hint (Romero et al. 2015): ``mean over (B, C, H, W) of (r(f_s) − sg f_t)²``.
+
+    ``regressed`` is the student's feature map already through its regressor ``r`` (so its
+    channels are the teacher's); ``teacher_map`` is detached. The mean over every element is
+    RepDistiller's (``nn.MSELoss()``, whose weight β = 100 the method takes); the paper's
+    ``½‖r(f_s) − f_t‖²`` summed over a sample's C·H·W elements differs by the constant factor
+    C·H·W / 2, which the weight absorbs. Where the spatial sizes differ, the larger map is
+    average-pooled to the smaller's size (equal at the same stage of the kit's CIFAR networks).
+    Computed in float32. Returns a scalar.
+    """
+    regressed, target = _pool_to_smaller(regressed.float(), teacher_map.detach().float())
+    return (regressed - target).square().mean()
+
+
+def flow_matrix(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """The FSP ("flow of solution procedure") matrix of Yim et al. (CVPR 2017), per sample.
+
+    For maps ``F1`` (B×m×h×w) and ``F2`` (B×n×h×w), ``G = (1/(h·w)) Σ_s F1[s] F2[s]ᵀ``: B×m×n,
+    the channels' inner products averaged over the h·w positions s. Maps of different spatial
+    sizes (two stages of a network) are paired by average-pooling the larger to the smaller's
+    size first (RepDistiller's rule). Float32.
+    """
+    first, second = _pool_to_smaller(first.float(), second.float())
+    positions = first.shape[-2] * first.shape[-1]
+    return torch.bmm(first.flatten(2), second.flatten(2).transpose(1, 2)) / positions
+
+
+def fsp_loss(student_maps, teacher_maps) -> torch.Tensor:
+    """FSP's loss: the mean over consecutive stage pairs (k, k + 1) of
+    ``mean over (B, m, n) of (G_s − sg G_t)²``, with ``G`` :func:`flow_matrix` of the two
+    stages' maps (lists, input side first; the teacher's detached).
+
+    The mean over the m·n entries is RepDistiller's (``(s − t).pow(2).mean()``); Yim et al.
+    write the squared Frobenius norm ``‖G_t − G_s‖²``, the sum over the entries, which is m·n
+    times this for every pair. The pairs are averaged (RepDistiller sums them). Student and
+    teacher must have the same channel counts at every stage (G_s and G_t are both m×n).
+    """
+    if len(student_maps) != len(teacher_maps) or len(student_maps) < 2:
+        raise ValueError(
+            f"fsp needs two or more stages, as many in the student ({len(student_maps)}) as "
+            f"in the teacher ({len(teacher_maps)})"
+        )
+    terms = []
+    for k in range(len(student_maps) - 1):
+        g_s = flow_matrix(student_maps[k], student_maps[k + 1])
+        g_t = flow_matrix(teacher_maps[k].detach(), teacher_maps[k + 1].detach())
+        if g_s.shape != g_t.shape:
+            raise ValueError(
+                f"fsp: the flow matrices of stages {k + 1}-{k + 2} are {tuple(g_s.shape[1:])} "
+                f"(student) and {tuple(g_t.shape[1:])} (teacher): FSP needs equal channel counts"
+            )
+        terms.append((g_s - g_t).square().mean())
+    return torch.stack(terms).mean()
+
+
+def logit_regression_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor):
+    """SNN-MIMIC's logit regression (Ba & Caruana 2014): ``½ mean_i ‖z_s,i − sg z_t,i‖²``.
+
+    L2 between the *logits* (not the probabilities), summed over the C classes, halved, and
+    averaged over the batch; the teacher's logits are detached. Float32; returns a scalar.
+    """
+    difference = student_logits.float() - teacher_logits.detach().float()
+    return 0.5 * difference.square().sum(dim=1).mean()

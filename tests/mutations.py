@@ -53,6 +53,10 @@ SCALER_TESTS = ("tests/test_scaler.py",)
 RESUME_TESTS = ("tests/test_resume_state.py", "tests/test_resume.py")
 EVALUATE_TESTS = ("tests/test_evaluate.py",)
 ATOMIC_TESTS = ("tests/test_atomic.py",)
+FITNET = "kdlab/methods/fitnet.py"
+FSP = "kdlab/methods/fsp.py"
+TINY = "kdlab/data/tinyimagenet.py"
+TABLE7_TESTS = ("tests/test_table7_methods.py",)
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,134 @@ MUTATIONS = [
         "return (0.5 * (kl(p) + kl(q))).clamp_min(0.0)",
         "return (0.25 * (kl(p) + kl(q))).clamp_min(0.0)",
         METRIC_TESTS,
+    ),
+    Mutation(
+        "fitnet-no-regressor",
+        "FitNet's hint compares the student's map itself, not its regressor's output",
+        FITNET,
+        'hint_loss(self.auxiliary["regressors"][name](feature), teacher_feature)',
+        "hint_loss(feature, teacher_feature)",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "fitnet-first-stage",
+        "FitNet's hint taken at the first stage instead of the chosen one",
+        FITNET,
+        "k = self.params.hint_stage - 1",
+        "k = 0",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "fitnet-default-last-stage",
+        "FitNet's default hint on the last stage instead of the middle one",
+        FITNET,
+        "hint_stage: int = 2",
+        "hint_stage: int = 3",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "hint-summed",
+        "the hint summed over the elements instead of averaged",
+        LOSSES,
+        "return (regressed - target).square().mean()",
+        "return (regressed - target).square().sum()",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "hint-teacher-not-detached",
+        "the hint's teacher map not detached",
+        LOSSES,
+        "teacher_map.detach().float()",
+        "teacher_map.float()",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "fsp-no-normalisation",
+        "the flow matrix summed over positions, without the 1/(h·w)",
+        LOSSES,
+        "second.flatten(2).transpose(1, 2)) / positions",
+        "second.flatten(2).transpose(1, 2))",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "fsp-entries-summed",
+        "FSP's squared difference summed over the m×n entries instead of averaged",
+        LOSSES,
+        "terms.append((g_s - g_t).square().mean())",
+        "terms.append((g_s - g_t).square().sum())",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "fsp-pairs-summed",
+        "FSP summed over the stage pairs instead of averaged",
+        LOSSES,
+        "return torch.stack(terms).mean()",
+        "return torch.stack(terms).sum()",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "fsp-teacher-not-detached",
+        "the teacher's flow matrices not detached",
+        LOSSES,
+        "flow_matrix(teacher_maps[k].detach(), teacher_maps[k + 1].detach())",
+        "flow_matrix(teacher_maps[k], teacher_maps[k + 1])",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "fsp-default-one-stage",
+        "FSP's default schedule one stage instead of the two-stage initialisation",
+        FSP,
+        "stages: int = 2",
+        "stages: int = 1",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "logit-regression-on-softmax",
+        "logit regression on the softmax outputs instead of the logits",
+        LOSSES,
+        "difference = student_logits.float() - teacher_logits.detach().float()",
+        "difference = student_logits.float().softmax(1) - teacher_logits.detach().float().softmax(1)",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "logit-regression-mean-over-elements",
+        "logit regression averaged over classes too instead of summed over them",
+        LOSSES,
+        "return 0.5 * difference.square().sum(dim=1).mean()",
+        "return 0.5 * difference.square().mean()",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "logit-regression-teacher-not-detached",
+        "the teacher's logits not detached in logit regression",
+        LOSSES,
+        "difference = student_logits.float() - teacher_logits.detach().float()",
+        "difference = student_logits.float() - teacher_logits.float()",
+        TABLE7_TESTS,
+    ),
+    Mutation(
+        "tinyimagenet-val-one-class",
+        "Tiny-ImageNet's validation labels not read from val_annotations.txt (all one class)",
+        TINY,
+        "labels.append(index[fields[1]])",
+        "labels.append(0)",
+        ("tests/test_tinyimagenet.py",),
+    ),
+    Mutation(
+        "auroc-other-class",
+        "AUROC ranks by the other class's probability, not the positive class's",
+        METRICS,
+        "binary_auroc(probabilities[:, positive], (labels == positive).long())",
+        "binary_auroc(probabilities[:, 1 - positive], (labels == positive).long())",
+        ("tests/test_unbalanced_metrics.py",),
+    ),
+    Mutation(
+        "balanced-accuracy-is-accuracy",
+        "balanced accuracy computed as plain accuracy (micro average)",
+        METRICS,
+        'num_classes=classes, average="macro")\n',
+        'num_classes=classes, average="micro")\n',
+        ("tests/test_unbalanced_metrics.py",),
     ),
     # -- issue 23: weights on the wrong term --------------------------------------------------------
     Mutation(

@@ -15,7 +15,7 @@ import types
 import numpy as np
 import pytest
 
-from kdlab.data import DatasetNotFoundError, cifar, load_dataset
+from kdlab.data import DatasetNotFoundError, cifar, download, load_dataset
 from kdlab.data.cifar import CorruptArchiveError
 
 
@@ -202,7 +202,7 @@ def test_the_cache_spares_the_next_runtime_a_download(server, tmp_path, monkeypa
         monkeypatch.setenv("KDLAB_CACHE", str(drive / "kdlab-data"))
     else:  # on Colab with Drive mounted
         monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
-        monkeypatch.setattr(cifar, "COLAB_DRIVE", drive)
+        monkeypatch.setattr(download, "COLAB_DRIVE", drive)
     load_dataset("cifar10", root=tmp_path / "runtime1")
     kept = drive / "kdlab-data" / NAMES["cifar10"]
     assert kept.read_bytes() == ARCHIVES["cifar10"]
@@ -213,7 +213,7 @@ def test_the_cache_spares_the_next_runtime_a_download(server, tmp_path, monkeypa
 
 
 def test_no_cache_outside_colab_without_kdlab_cache(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(cifar, "COLAB_DRIVE", tmp_path)  # a Drive folder, but not on Colab
+    monkeypatch.setattr(download, "COLAB_DRIVE", tmp_path)  # a Drive folder, but not on Colab
     assert cifar.cache_root() is None
 
 

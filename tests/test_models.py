@@ -22,6 +22,7 @@ FIXED_NAMES = [
     "resnet110",
     "resnet8x4",
     "resnet32x4",
+    "resnet164",  # kdlab/models/preact.py
 ]
 
 # name -> (stage channels, stage spatial sizes for a 32x32 input)

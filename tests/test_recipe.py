@@ -23,6 +23,9 @@ BUILD = {
     "adml": {"peers": 2},
     "tadml": {"peers": 2, "topo_k": 4},
     "kdml": {"peers": 2, "teacher": True},
+    "fitnet": {"teacher": True},
+    "fsp": {"teacher": True, "stages": 1},  # the default's first stage has no CE
+    "logit_regression": {"teacher": True, "ce_weight": 1.0},  # SNN-MIMIC's default: no CE
 }
 
 

@@ -8,7 +8,10 @@ the task for its loaders and its evaluation and never branches on a data set's n
 
 - :mod:`.images`: :class:`ImageDataset` (uint8 images and labels) and :class:`DeviceLoader`;
 - :mod:`.small`: the embedded ``digits`` set and MedMNIST's ``pathmnist``;
-- :mod:`.cifar`: CIFAR-10 and CIFAR-100 (download, checksum, mirror, cache).
+- :mod:`.cifar`: CIFAR-10 and CIFAR-100;
+- :mod:`.download`: what archives share (download, checksum, mirror, cache, atomic write);
+- :mod:`.tinyimagenet`: Tiny-ImageNet in its own format, decoded once into a cache;
+- :mod:`.msi`: MSI vs MSS histology tiles (colorectal, gastric), never downloaded.
 """
 
 from __future__ import annotations

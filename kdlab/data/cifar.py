@@ -1,43 +1,22 @@
 """CIFAR-10 and CIFAR-100: downloaded once, verified, kept, read as uint8 tensors.
 
-Where :func:`load_cifar` finds a dataset, in this order:
-
-1. ``root/<folder>/``, the extracted archive (``cifar-10-batches-py``, ``cifar-100-python``):
-   read directly.
-2. ``root/<archive>`` or ``cache/<archive>`` (``cifar-10-python.tar.gz``,
-   ``cifar-100-python.tar.gz``): its MD5 is checked (the same checksums as torchvision's) and it
-   is extracted into ``root``.
-3. A download, with a progress bar, from ``$KDLAB_CIFAR_URL`` where set (a mirror: a folder
-   address holding the archives under their own names, or one archive's full address), else from
-   the dataset's home server. It is written to ``root/<archive>.tmp``, checked, and only then
-   renamed to ``root/<archive>``; a partial or corrupted download is deleted, with a one-line
-   error. A good archive is also copied into the cache.
-
-The cache (:func:`cache_root`) is ``$KDLAB_CACHE`` where set, else, on Colab with Google Drive
-mounted at ``/content/drive``, ``MyDrive/kdlab-data``: a folder that outlives the runtime, so the
-next runtime extracts the archive from there instead of downloading it again. An archive whose
-checksum is wrong is renamed ``<archive>.corrupt`` so that it is never taken for a good one.
+Where :func:`load_cifar` finds a dataset: ``root/<folder>/``, the extracted archive
+(``cifar-10-batches-py``, ``cifar-100-python``), read directly; else the archive
+(``cifar-10-python.tar.gz``, ``cifar-100-python.tar.gz``) kept in ``root`` or in the cache, or
+downloaded from ``$KDLAB_CIFAR_URL`` (a mirror) or the home server, checked against
+torchvision's MD5 and extracted: :func:`kdlab.data.download.fetch`, which Tiny-ImageNet shares.
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
-import os
 import pickle
-import shutil
-import sys
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..io import atomic_write
 from . import register_dataset
+from .download import COLAB_DRIVE, Archive, CorruptArchiveError, cache_root, fetch
 from .images import DatasetNotFoundError, ImageDataset
 
 __all__ = ["load_cifar", "cache_root", "CorruptArchiveError", "CIFAR", "COLAB_DRIVE"]
@@ -65,133 +44,12 @@ CIFAR = {
     ),
 }
 
-# Where Colab mounts Google Drive (google.colab.drive.mount("/content/drive")).
-COLAB_DRIVE = Path("/content/drive/MyDrive")
 
-
-class CorruptArchiveError(DatasetNotFoundError):
-    """A CIFAR archive is partial or its checksum is wrong (it was not kept)."""
-
-
-def cache_root() -> Path | None:
-    """The folder that keeps verified archives across runtimes: ``$KDLAB_CACHE``, else on Colab
-    with Drive mounted, ``MyDrive/kdlab-data``; None where there is neither."""
-    if os.environ.get("KDLAB_CACHE"):
-        return Path(os.environ["KDLAB_CACHE"])
-    if "google.colab" in sys.modules and COLAB_DRIVE.is_dir():
-        return COLAB_DRIVE / "kdlab-data"
-    return None
-
-
-def source_url(name: str) -> str:
-    """The address the archive of ``name`` is downloaded from (``$KDLAB_CIFAR_URL`` first)."""
+def archive(name: str) -> Archive:
+    """The archive of ``name`` (read from :data:`CIFAR` at call time), mirror ``KDLAB_CIFAR_URL``."""
     spec = CIFAR[name]
-    mirror = os.environ.get("KDLAB_CIFAR_URL", "").strip()
-    if not mirror:
-        return spec["url"]
-    if mirror.endswith((".tar.gz", ".tgz")):
-        return mirror
-    return f"{mirror.rstrip('/')}/{spec['archive']}"
-
-
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _download(url: str, path: Path, md5: str, progress: bool) -> None:
-    """Write ``url`` to ``path`` with a tqdm bar; CorruptArchiveError when it ends early or its
-    MD5 is not ``md5`` (the caller deletes ``path``)."""
-    from tqdm.auto import tqdm
-
-    digest, size = hashlib.md5(), 0
-    request = urllib.request.Request(url, headers={"User-Agent": "kdlab"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        bar = tqdm(
-            total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=path.name[:-4],
-            disable=not progress, file=sys.stderr,
-        )  # fmt: skip
-        with bar, open(path, "wb") as f:
-            try:
-                while chunk := response.read(1 << 20):
-                    f.write(chunk)
-                    digest.update(chunk)
-                    size += len(chunk)
-                    bar.update(len(chunk))
-            except http.client.IncompleteRead:
-                pass  # reported below, as a short download
-    if total is not None and size != total:
-        raise CorruptArchiveError(
-            f"the download of {url} stopped after {size} of {total} bytes; it was not kept, "
-            "load the dataset again to retry"
-        )
-    if digest.hexdigest() != md5:
-        raise CorruptArchiveError(
-            f"{url} sent {size} bytes whose MD5 is {digest.hexdigest()}, not {md5}: not the "
-            "archive (a corrupted download or a wrong mirror); it was not kept"
-        )
-
-
-def _verified(path: Path, md5: str) -> bool:
-    """Whether ``path`` is an archive with checksum ``md5``; a wrong one is renamed ``.corrupt``."""
-    if not path.is_file():
-        return False
-    if md5sum(path) == md5:
-        return True
-    aside = path.with_name(path.name + ".corrupt")
-    os.replace(path, aside)
-    print(f"{path} is not the archive (wrong MD5): moved aside to {aside.name}", file=sys.stderr)
-    return False
-
-
-def _extract(archive: Path, root: Path, folder: str) -> None:
-    """Extract ``archive`` into ``root``: into a temporary folder first, then ``folder`` is
-    renamed into place, so a half-extracted folder never looks like a dataset."""
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix=f".{folder}.") as tmp:
-        with tarfile.open(archive, "r:gz") as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(tmp, filter="data")
-            else:  # Python < 3.10.12: members are checked by hand
-                bad = [m.name for m in tar if m.name.startswith("/") or ".." in m.name.split("/")]
-                if bad:
-                    raise CorruptArchiveError(f"{archive} holds unsafe paths such as {bad[0]}")
-                tar.extractall(tmp)
-        if not (Path(tmp) / folder).is_dir():
-            raise CorruptArchiveError(f"{archive} has no {folder}/ folder: not a CIFAR archive")
-        os.replace(Path(tmp) / folder, root / folder)
-
-
-def _fetch(name: str, root: Path, download: bool, progress: bool) -> None:
-    """Put ``root/<folder>`` in place from a kept archive or a download (module docstring)."""
-    spec = CIFAR[name]
-    archive, md5 = spec["archive"], spec["md5"]
-    cache = cache_root()
-    kept = [p for p in (root / archive, cache / archive if cache else None) if p is not None]
-    good = next((p for p in kept if _verified(p, md5)), None)
-    error = None
-    if good is None and download:
-        url = source_url(name)
-        try:
-            good = atomic_write(root / archive, lambda tmp: _download(url, tmp, md5, progress))
-        except CorruptArchiveError:
-            raise
-        except (OSError, urllib.error.URLError, http.client.HTTPException) as exc:
-            error = f"download from {url} failed: {exc}".replace("\n", " ")
-    if good is None:
-        reason = f" ({error})" if error else ""
-        raise DatasetNotFoundError(
-            f"{name} is not in {root}/ and could not be downloaded{reason}. Put {archive} or its "
-            f"extracted folder {spec['folder']}/ into {root}/, or set KDLAB_CIFAR_URL to a "
-            f"mirror; the 'digits' dataset works offline."
-        )
-    if cache is not None and not _verified(cache / archive, md5):
-        atomic_write(cache / archive, lambda tmp: shutil.copyfile(good, tmp))
-    _extract(good, root, spec["folder"])
+    return Archive(name, spec["archive"], spec["url"], spec["md5"], spec["folder"],
+                   "KDLAB_CIFAR_URL")  # fmt: skip
 
 
 def _read_batches(folder: Path, files: list[str], label_key: str):
@@ -217,7 +75,7 @@ def load_cifar(name: str, root: Path, download: bool = True, progress: bool = Tr
     spec = CIFAR[name]
     folder = root / spec["folder"]
     if not folder.is_dir():
-        _fetch(name, root, download, progress)
+        fetch(archive(name), root, download, progress)
     train_x, train_y = _read_batches(folder, spec["train"], spec["labels"])
     test_x, test_y = _read_batches(folder, spec["test"], spec["labels"])
     meta_file, meta_key = spec["meta"]

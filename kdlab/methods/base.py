@@ -170,7 +170,8 @@ def _unknown_parameter(method: Method | type[Method], key: str) -> ValueError:
 
 class FrozenTeacherMethod(Method):
     """Offline distillation: students learn from a frozen, pretrained teacher (KD, DKD, DIST,
-    logit standardisation).
+    logit standardisation, logit regression; FitNet and FSP, which also read stage features,
+    write their own ``training_step`` on the same base).
 
     The teacher is put in ``frozen`` (eval mode, no gradient, never stepped) and forwarded once
     per batch under ``torch.no_grad()``; each student gets the terms of :meth:`student_terms`,

@@ -19,7 +19,8 @@ this package is imported below, so a new family file registers itself. Each entr
 ``kind``: ``"classifier"`` (classification and retrieval data sets) or ``"detector"``; a data
 set's task says which kind it trains (:mod:`kdlab.tasks`).
 
-- :mod:`.cifar`: the CIFAR ResNets, wide ResNets, a MobileNet for 32×32 and small CNNs.
+- :mod:`.cifar`: the CIFAR ResNets, wide ResNets, a MobileNet for 32×32 and small CNNs;
+- :mod:`.preact`: the pre-activation bottleneck ResNet-164.
 """
 
 from __future__ import annotations

@@ -4,7 +4,10 @@
 ``OUT/results.md``: one row per cell group (the cell without its seed) and network: final
 (last epoch) and best headline metric of the data set's task (``metric``: top-1 accuracy,
 mAP…), mean ± sample standard deviation over the seeds with n, the best epoch, and the
-published number where the grid matches a published row.
+published number where the grid matches a published row. The task's other metrics (e.g. AUROC
+and balanced accuracy, ``final_auroc`` in a summary) get columns of their own: ``final_<m>`` in
+``runs.csv``, ``<m>_mean`` and ``<m>_std`` (last epoch) in ``results.csv`` and ``results.md``.
+A grid's ``not_reproduced`` rows close ``results.md``, each with its reason.
 """
 
 from __future__ import annotations
@@ -75,7 +78,8 @@ def _run_rows(out: Path, record: Mapping) -> list[dict]:
     agree = sum(agreement) / len(agreement) if agreement else None
     metric = summary.get("metric", "acc")
     return [
-        {"label": record["label"], "group": record["group"], "method": spec["method"],
+        {**_other_metrics(entry, metric),
+         "label": record["label"], "group": record["group"], "method": spec["method"],
          "models": "+".join(spec["models"]), "dataset": summary.get("dataset"),
          "seed": spec["seed"], "network": network, "arch": entry.get("arch", ""),
          "metric": metric, "final": entry[f"final_{metric}"], "best": entry[f"best_{metric}"],
@@ -83,6 +87,16 @@ def _run_rows(out: Path, record: Mapping) -> list[dict]:
          "run": record["run"], "executed": record.get("executed") or ""}
         for network, entry in summary["networks"].items()
     ]  # fmt: skip
+
+
+def _other_metrics(entry: Mapping, metric: str) -> dict[str, float]:
+    """A summary entry's last values of the task's other metrics: ``{"final_auroc": …}``."""
+    return {k: v for k, v in entry.items() if k.startswith("final_") and k != f"final_{metric}"}
+
+
+def _extra_columns(frame) -> list[str]:
+    """The other metrics' names found in ``runs``: ``final_auroc`` → ``auroc``."""
+    return [c[len("final_") :] for c in frame.columns if c.startswith("final_")]
 
 
 def _results(runs, specs: Mapping[str, Mapping]):
@@ -99,6 +113,7 @@ def _results(runs, specs: Mapping[str, Mapping]):
         best_mean=("best", "mean"), best_std=("best", "std"),
         best_epoch_mean=("best_epoch", "mean"), epochs=("epochs", "first"),
         agree_mean=("agree", "mean"),
+        **{f"{m}_{how}": (f"final_{m}", how) for m in _extra_columns(runs) for how in ("mean", "std")},
     ).reset_index()  # fmt: skip
     stats[["final_std", "best_std"]] = stats[["final_std", "best_std"]].fillna(0.0)  # n = 1
     rows = []
@@ -113,7 +128,8 @@ def _results(runs, specs: Mapping[str, Mapping]):
             "profile": spec["profile"], "published": published[0][0] if published else None,
             "published_sources": "; ".join(f"{acc:.2f} ({src})" for acc, src in published),
         })  # fmt: skip
-    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    extra = [f"{m}_{how}" for m in _extra_columns(runs) for how in ("mean", "std")]
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS + extra)
 
 
 def aggregate(out: str | Path):
@@ -124,7 +140,9 @@ def aggregate(out: str | Path):
     out = Path(out)
     records = _records(out)
     finished = [r for r in records if r.get("status") == "ok"]
-    runs = pd.DataFrame([row for r in finished for row in _run_rows(out, r)], columns=RUN_COLUMNS)
+    rows = [row for r in finished for row in _run_rows(out, r)]
+    extra = sorted({k for row in rows for k in row if k.startswith("final_")})
+    runs = pd.DataFrame(rows, columns=RUN_COLUMNS + extra)
     results = _results(runs, {r["group"]: r["spec"] for r in finished})
     write_table(out / "results.csv", results)
     write_table(out / "runs.csv", runs)
@@ -144,7 +162,14 @@ def _published_for_network(spec: Mapping, dataset: str | None, network: str, arc
     return found[position] if position < len(found) else []
 
 
+def _other_names(results) -> list[str]:
+    """The other metrics of a results table: ``auroc`` for its ``auroc_mean`` column."""
+    extra = results.columns[len(RESULT_COLUMNS) :]
+    return [c[: -len("_mean")] for c in extra if c.endswith("_mean")]
+
+
 def _markdown_rows(results) -> list[dict[str, Any]]:
+    others = _other_names(results)
     rows = []
     for r in results.to_dict("records"):
         params = ", ".join(f"{k}={short(v)}" for k, v in json.loads(r["params"] or "{}").items())
@@ -157,8 +182,16 @@ def _markdown_rows(results) -> list[dict[str, Any]]:
             "best": f"{r['best_mean']:.2f} ± {r['best_std']:.2f}",
             "best epoch": f"{r['best_epoch_mean']:.1f} of {r['epochs']}",
             "published": r["published_sources"] or "–",
+            **{f"final {m}": _mean_std(r, m) for m in others},
         })  # fmt: skip
     return rows
+
+
+def _mean_std(row: Mapping, metric: str) -> str:
+    mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
+    if mean != mean:  # NaN: a network without this metric
+        return "–"
+    return f"{mean:.3f} ± {std:.3f}" if metric == "auroc" else f"{mean:.2f} ± {std:.2f}"
 
 
 def _write_markdown(out: Path, results, unfinished: Sequence[Mapping]) -> None:
@@ -171,6 +204,7 @@ def _write_markdown(out: Path, results, unfinished: Sequence[Mapping]) -> None:
     preamble.append(EXPLANATION)
     columns = ["method", "networks", "dataset", "parameters", "network", "n", "final", "best",
                "best epoch", "published"]  # fmt: skip
+    columns += [f"final {m}" for m in _other_names(results)]
     epilogue = []
     if unfinished:
         epilogue += ["## Cells not finished", ""]
@@ -180,6 +214,10 @@ def _write_markdown(out: Path, results, unfinished: Sequence[Mapping]) -> None:
             )
             what = record.get("error") or record.get("status")
             epilogue.append(f"- `{record['name']}`: {what}{where}")
+    if info.get("not_reproduced"):
+        epilogue += ["## Not reproduced", ""]
+        epilogue += [f"- **{row}**: {why}" for row, why in info["not_reproduced"].items()]
+        epilogue.append("")
     frame = pd.DataFrame(_markdown_rows(results), columns=columns)
     write_table(out / "results.md", frame, preamble="\n".join(preamble),
                 epilogue="\n".join(epilogue))  # fmt: skip

@@ -86,7 +86,8 @@ def plan(
     out.mkdir(parents=True, exist_ok=True)
     source = str(grid.source) if grid.source else None
     write_json(out / "grid.json", {"name": grid.name, "description": grid.description,
-                                   "source": source})  # fmt: skip
+                                   "source": source,
+                                   "not_reproduced": grid.not_reproduced})  # fmt: skip
     if how == "papermill" and RUNNER in names:
         import nbformat
 

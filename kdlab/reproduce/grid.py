@@ -33,6 +33,7 @@ GRID_KEYS = {
     "settings": "training settings for every cell (epochs, lr…)",
     "notebooks": "method → notebook file (in the notebooks folder) or 'runner'",
     "experiments": "the list of experiments",
+    "not_reproduced": "rows of the paper's table the kit cannot train → why (listed in results.md)",
 }
 EXPERIMENT_KEYS = {
     "method": "the method's name",
@@ -121,6 +122,7 @@ class Grid:
     description: str
     cells: list[Cell]
     source: Path | None = None
+    not_reproduced: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _fail(where: str, message: str) -> ValueError:
@@ -249,7 +251,12 @@ def load_grid(grid: str | Path | Mapping, notebooks_dir: str | Path | None = Non
     if duplicate:
         raise _fail(where, f"the cell {duplicate} appears twice")
     name = str(data.get("name", source.stem if source else "grid"))
-    return Grid(name, str(data.get("description", "")), cells, source)
+    missing = data.get("not_reproduced") or {}
+    if not isinstance(missing, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in missing.items()
+    ):
+        raise _fail(where, "not_reproduced must map a row's name to the reason, both text")
+    return Grid(name, str(data.get("description", "")), cells, source, dict(missing))
 
 
 def _experiment_cells(
