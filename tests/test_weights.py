@@ -8,7 +8,7 @@ weight that should multiply it must stay the same. A swap, a missing weight or a
 terms changes a quotient.
 
 Every registered method must appear in :data:`WEIGHTS`, and every parameter named like a weight
-(``alpha``, ``beta``, ``gamma``, ``lam…``, ``…_weight``) must be moved by the test.
+(``alpha``, ``beta``, ``gamma``, ``lam…``, ``weight``, ``…_weight``) must be moved by the test.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import kdlab
 from kdlab.data import DeviceLoader
 from kdlab.methods import METHODS
 
-WEIGHT_NAME = re.compile(r"^(alpha|beta|gamma|lam(_\w+)?|\w+_weight)$")
+WEIGHT_NAME = re.compile(r"^(alpha|beta|gamma|lam(_\w+)?|(\w+_)?weight)$")
 
 # method → (networks, fixed parameters, distinct starting weights, {term: its weight}).
 # A term's weight is a function of the parameters; "1" terms have none. Terms are matched by
@@ -60,7 +60,21 @@ WEIGHTS = {
         1, {}, {"kd_weight": 4.0, "ce_weight": 0.3},
         {"ce": lambda p: p.ce_weight, "kd": lambda p: p.kd_weight},
     ),
+    # FitNet in one stage (CE + β·hint): α, the second stage's KD weight, must move nothing.
+    "fitnet": (
+        1, {"stages": 1}, {"beta": 40.0, "ce_weight": 0.7, "alpha": 0.3},
+        {"ce": lambda p: p.ce_weight, "hint": lambda p: p.beta},
+    ),
+    "fsp": (
+        1, {"stages": 1}, {"beta": 0.6, "ce_weight": 1.7},
+        {"ce": lambda p: p.ce_weight, "fsp": lambda p: p.beta},
+    ),
+    "logit_regression": (
+        1, {}, {"weight": 1.3, "ce_weight": 0.4},
+        {"l2": lambda p: p.weight, "ce": lambda p: p.ce_weight},
+    ),
 }  # fmt: skip
+TEACHERS = {"fsp": "cnn_tiny"}  # FSP needs the student's stage widths; others take cnn_small
 # Further settings whose terms differ: the feature styles of KD + ML (students 2, 4… learn the
 # teacher's features through an adapter, and every student its peers' features).
 VARIANTS = {
@@ -68,6 +82,12 @@ VARIANTS = {
         "kdml", 3, {"styles": "different"}, {"alpha": 0.6, "beta": 1.8},
         {"ce": lambda p: 1.0, "kd": lambda p: p.alpha, "ml": lambda p: p.beta,
          "feat": lambda p: p.beta},
+    ),
+    # FitNet's second stage (KD after the hint epochs): β and the CE weight move nothing.
+    "fitnet-kd-stage": (
+        "fitnet", 1, {"stages": 2, "hint_epochs": 1}, {"alpha": 0.3, "beta": 40.0,
+                                                       "ce_weight": 0.7},
+        {"ce": lambda p: 1 - p.alpha, "kd": lambda p: p.alpha},
     ),
 }  # fmt: skip
 
@@ -83,7 +103,8 @@ def _method(name: str, count: int, fixed: dict, weights: dict):
     cls = kdlab.get_method(name)
     roles = ["student"] if count == 1 else [f"{cls.role}{i}" for i in range(1, count + 1)]
     nets = {role: kdlab.build_model("cnn_tiny", 10, 1) for role in roles}
-    kwargs = {"teacher": kdlab.build_model("cnn_small", 10, 1)} if cls.teacher_mode else {}
+    teacher = TEACHERS.get(name, "cnn_small")
+    kwargs = {"teacher": kdlab.build_model(teacher, 10, 1)} if cls.teacher_mode else {}
     return cls(nets, **kwargs, **fixed, **weights)
 
 
