@@ -77,11 +77,12 @@ class Size:
     step_arch: str = "resnet20"
     lab_models: tuple[str, str] | None = None  # (teacher, student); None: the lab profile's
     bench_arch: str = "resnet32"
+    lab_must_learn: bool = False  # the teacher must end above twice chance (enough steps)
 
 
 SIZES = {
-    "full": Size(32, 4, 20_000, 2_000, 3, 128, 60, 5, 3, 20_000, None),
-    "dry": Size(32, 3, 512, 256, 2, 128, 3, 1, 1, 1_024, 2),
+    "full": Size(32, 4, 20_000, 2_000, 3, 128, 60, 5, 3, 20_000, None, lab_must_learn=True),
+    "dry": Size(32, 3, 384, 128, 2, 128, 3, 1, 1, 1_024, 2),
     # The unit test's: the same code on the smallest networks, seconds on a CPU.
     "tiny": Size(16, 2, 96, 64, 1, 16, 1, 1, 1, 256, 1, "cnn_tiny", ("cnn_small", "cnn_tiny"),
                  "cnn_tiny"),
@@ -89,17 +90,19 @@ SIZES = {
 
 
 def _synthetic(train: int, test: int, batch_like: bool = False, seed: int = 0):
-    """CIFAR-10-shaped uint8 images whose class is learnable: each class has its own fixed
-    pattern, under uniform noise. ``batch_like``: no crop, no flip (the steps check)."""
+    """CIFAR-10-shaped uint8 images whose class is learnable through crops and flips: each class
+    has its own colour (one of ten spread over the RGB cube), under uniform per-pixel noise of
+    ±60. ``batch_like``: no crop, no flip (the steps check)."""
     from .data import ImageDataset
 
     rng = np.random.default_rng(seed)
-    patterns = rng.integers(-60, 61, size=(10, 3, 32, 32))
+    corners = np.array([[r, g, b] for r in (0, 1) for g in (0, 1) for b in (0, 1)])
+    colours = np.concatenate([corners, [[0.5, 0.5, 0.0], [0.0, 0.5, 0.5]]]) * 150 + 50
 
     def split(n: int):
         labels = np.arange(n) % 10
-        noise = rng.integers(-50, 51, size=(n, 3, 32, 32))
-        images = np.clip(128 + patterns[labels] + noise, 0, 255).astype(np.uint8)
+        noise = rng.integers(-60, 61, size=(n, 3, 32, 32))
+        images = np.clip(colours[labels][:, :, None, None] + noise, 0, 255).astype(np.uint8)
         return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
 
     train_x, train_y = split(train)
@@ -224,8 +227,8 @@ def lab_section(device: torch.device, size: Size, work: Path) -> dict:
     result = {"train_images": size.lab_train, "test_images": size.lab_test,
               "epochs": size.lab_epochs, "batch_size": config.batch_size, "lr": config.lr,
               "schedule": config.schedule, "runs": rows, "teacher_beats_chance": learns}  # fmt: skip
-    must_learn = size.lab_epochs >= 2  # the tiny size trains one step: no accuracy to expect
-    result["ok"] = all(r["finite"] for r in rows.values()) and (learns or not must_learn)
+    # The dry and tiny sizes train a few steps only: their accuracy is reported, not required.
+    result["ok"] = all(r["finite"] for r in rows.values()) and (learns or not size.lab_must_learn)
     return result
 
 

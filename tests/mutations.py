@@ -538,19 +538,24 @@ MUTATIONS = [
         ATOMIC_TESTS,
     ),
     Mutation(
-        "cifar-extract-in-place",
-        "CIFAR extracted straight into the data folder (a cut leaves half a data set)",
-        "kdlab/data/cifar.py",
+        "archive-extract-in-place",
+        "an archive (CIFAR, Tiny-ImageNet) extracted straight into the data folder (a cut leaves "
+        "half a data set)",
+        "kdlab/data/download.py",
         'with tempfile.TemporaryDirectory(dir=root, prefix=f".{folder}.") as tmp:',
         'with __import__("contextlib").nullcontext(str(root)) as tmp:',
         ("tests/test_cifar.py",),
     ),
     Mutation(
-        "cifar-download-in-place",
-        "CIFAR downloaded straight to its archive's name (a cut leaves half an archive)",
-        "kdlab/data/cifar.py",
-        "good = atomic_write(root / archive, lambda tmp: _download(url, tmp, md5, progress))",
-        "_download(url, root / archive, md5, progress); good = root / archive",
+        "archive-download-in-place",
+        "an archive (CIFAR, Tiny-ImageNet) downloaded straight to its name (a cut leaves half of "
+        "it)",
+        "kdlab/data/download.py",
+        "            good = atomic_write(\n"
+        "                root / archive.file, lambda tmp: _download(url, tmp, archive.md5, progress)\n"
+        "            )",
+        "            _download(url, root / archive.file, archive.md5, progress)\n"
+        "            good = root / archive.file",
         ("tests/test_cifar.py",),
     ),
     Mutation(

@@ -238,7 +238,7 @@ class Cut(KeyboardInterrupt):
 
 
 def test_a_download_cut_half_way_leaves_no_archive(server, tmp_path, monkeypatch):
-    real = cifar._download
+    real = download._download
 
     def half_then_cut(url, path, md5, progress):
         real(url, path, md5, progress)
@@ -246,11 +246,11 @@ def test_a_download_cut_half_way_leaves_no_archive(server, tmp_path, monkeypatch
         path.write_bytes(data[: len(data) // 2])
         raise Cut
 
-    monkeypatch.setattr(cifar, "_download", half_then_cut)
+    monkeypatch.setattr(download, "_download", half_then_cut)
     with pytest.raises(Cut):
         load_dataset("cifar10", root=tmp_path)
     assert _files(tmp_path) == []  # the old state: nothing
-    monkeypatch.setattr(cifar, "_download", real)
+    monkeypatch.setattr(download, "_download", real)
     assert load_dataset("cifar10", root=tmp_path).train_labels.tolist() == list(range(10))
 
 
