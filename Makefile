@@ -5,7 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kdlab-installed
 PORT ?= 8888
 CHROMIUM ?= /usr/bin/chromium
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+USER_ID ?= $(shell id -u)
+SUDO := $(if $(filter 0,$(USER_ID)),,sudo)
+# JupyterLab refuses to start as root without --allow-root; root is normal in containers.
+LAB_FLAGS := $(if $(filter 0,$(USER_ID)),--allow-root)
 
 .PHONY: demo test test-unit test-notebooks test-browser test-slurm lint lab bench gpu-check clean
 
@@ -53,7 +56,7 @@ mutate: $(STAMP)
 	$(PY) tests/mutations.py
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(LAB_FLAGS)
 
 bench: $(STAMP)
 	$(PY) -m kdlab bench

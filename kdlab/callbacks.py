@@ -15,7 +15,8 @@ from typing import Any
 
 from .checkpoint import TrainingState, save_network
 from .data import ImageDataset
-from .io import write_json, write_text
+from .io import read_json, write_json, write_text
+from .messages import say
 
 __all__ = ["LoopCallback", "ProgressBar", "RunFolder", "RunMismatchError", "check_same_run"]
 
@@ -35,7 +36,11 @@ def check_same_run(out: Path, settings: dict[str, Any]) -> None:
     path = out / "config.json"
     if not path.exists():
         return
-    saved = json.loads(path.read_text())
+    advice = say("kdlab cannot check that the run you resume has its settings: delete the file "
+                 "to resume with the settings you give, or start afresh with {overwrite}")  # fmt: skip
+    saved = read_json(path, advice)
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} is not a kdlab run's config.json (no settings in it); {advice}")
     wanted = json.loads(json.dumps(settings))  # tuples as lists, as they were saved
     for section, value in wanted.items():
         old = saved.get(section)
@@ -51,9 +56,10 @@ def check_same_run(out: Path, settings: dict[str, Any]) -> None:
 
 def _mismatch(out: Path, key: str, old: Any, new: Any) -> None:
     raise RunMismatchError(
-        f"{out} holds a run with {key} = {old!r}, not {new!r}: resume it with its own settings, "
-        "or use another folder (or resume=False to start it afresh)"
-    )
+        say("{out} holds a run with {key} = {old!r}, not {new!r}: resume it with its own "
+            "settings, choose another folder, or start it afresh with {overwrite}",
+            out=out, key=key, old=old, new=new)
+    )  # fmt: skip
 
 
 class LoopCallback:
@@ -79,19 +85,21 @@ class LoopCallback:
 
 
 class ProgressBar(LoopCallback):
-    """A tqdm bar over the run's remaining batches, showing each network's last test accuracy."""
+    """A tqdm bar over the run's batches, showing each network's last test accuracy; a resumed
+    run's bar starts at the epochs it already has and says from which epoch it goes on."""
 
     def __init__(self, description: str, epochs: int, steps_per_epoch: int) -> None:
         self.description, self.epochs, self.steps = description, epochs, steps_per_epoch
         self.bar = None
 
     def start(self, history: list[dict]) -> None:
-        remaining = self.epochs - len(history)
-        if remaining > 0:
+        done = len(history)
+        if done < self.epochs:
             from tqdm.auto import tqdm
 
-            total = remaining * self.steps
-            self.bar = tqdm(total=total, desc=self.description, unit="batch", leave=True)
+            desc = self.description + (f" (resumed at epoch {done + 1})" if done else "")
+            self.bar = tqdm(total=self.epochs * self.steps, initial=done * self.steps, desc=desc,
+                            unit="batch", leave=True)  # fmt: skip
 
     def batch(self) -> None:
         if self.bar is not None:
@@ -116,12 +124,10 @@ class RunFolder(LoopCallback):
     Cut at any point, the folder holds the old state or the new one, never half of one that a
     later load takes for whole: every file is written atomically (:mod:`kdlab.io`); after an
     epoch the checkpoint is written first (``metrics.jsonl`` is rewritten from its history on
-    resume); ``summary.json``, which marks a run finished, comes last; and a run started afresh
-    in a folder that holds another run removes that run's ``summary.json`` first, then its
-    checkpoint, metrics and networks, before it writes its own ``config.json``.
+    resume); ``summary.json``, which marks a run finished, comes last; and a folder that held
+    another run was cleared by :func:`kdlab.runfolder.claim` (``overwrite``) before this one
+    began, its ``summary.json`` first (:func:`kdlab.runfolder.clear`).
     """
-
-    FILES = ("summary.json", "checkpoint.pt", "metrics.jsonl")  # in the order they are removed
 
     def __init__(
         self,
@@ -150,25 +156,17 @@ class RunFolder(LoopCallback):
         }
         if resuming:
             check_same_run(out, settings)
-        else:
-            self._clear()
         write_json(out / "config.json", {**settings, **used})
-
-    def _clear(self) -> None:
-        """Remove what an earlier run left here, its "finished" mark first."""
-        for name in self.FILES:
-            (self.out / name).unlink(missing_ok=True)
-        networks = self.out / "networks"
-        if networks.is_dir():
-            for path in networks.glob("*.pt"):
-                path.unlink()
 
     def start(self, history: list[dict]) -> None:
         write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
     def __call__(self, record: dict, history: list[dict]) -> None:
+        # The checkpoint first: an interruption between the two leaves metrics.jsonl an epoch
+        # short, which the resumed run rewrites from the checkpoint's history (start); and
+        # metrics.jsonl is written whole (atomically), never half a line.
         self.state.save(self.checkpoint, history)
-        self.start(history)  # metrics.jsonl, whole: never half a line
+        self.start(history)
 
     def end(self, run: Any) -> None:
         if not run.history:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,46 @@ from torch import nn
 
 from .data import DeviceLoader, ImageDataset
 from .io import torch_save
+from .messages import option, say
 from .methods import Method
-from .models import build_model
+from .models import available_models, build_model
 
-__all__ = ["TrainingState", "save_network", "load_network"]
+__all__ = [
+    "TrainingState",
+    "save_network",
+    "load_network",
+    "read_checkpoint",
+    "DamagedCheckpointError",
+]
+
+_TRAINING_KEYS = ("method", "optimizers", "schedulers", "scaler", "loader", "rng_cpu", "history")
+_NETWORK_KEYS = ("arch", "num_classes", "in_channels", "state_dict")
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or that is not the kind of checkpoint asked for."""
+
+
+def read_checkpoint(
+    path: Path, device: Any, keys: tuple[str, ...], kind: str, advice: str
+) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)``, checked to hold ``keys``; otherwise a one-line
+    :class:`DamagedCheckpointError`: "``path`` is not a readable ``kind`` (why); ``advice``"."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # EOFError (empty), RuntimeError (truncated zip), pickle errors
+        if path.stat().st_size == 0:
+            why = "an empty file"
+        elif not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+            why = "truncated, or not written by torch.save"
+        else:
+            first = (str(error).strip().splitlines() or [""])[0]
+            why = f"{type(error).__name__}: {first[:120]}"
+        raise DamagedCheckpointError(f"{path} is not a readable {kind} ({why}); {advice}") from None
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise DamagedCheckpointError(f"{path} is not a {kind} (no {missing[0]!r}); {advice}")
+    return state
 
 
 @dataclasses.dataclass
@@ -54,15 +91,18 @@ class TrainingState:
         torch_save(path, state)
 
     def load(self, path: Path) -> list[dict]:
-        """Restore the state saved at ``path``; returns the history (one record per epoch)."""
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        """Restore the state saved at ``path``; returns the history (one record per epoch).
+        A file that cannot be read (empty, truncated, not a training checkpoint) is a one-line
+        :class:`DamagedCheckpointError`."""
+        afresh = say("start the run afresh with {overwrite}")
+        state = read_checkpoint(path, self.device, _TRAINING_KEYS, "training checkpoint", afresh)
         self.method.load_state_dict(state["method"])
         for part in ("optimizers", "schedulers"):
             missing = sorted(set(getattr(self, part)) - set(state[part]))
             if missing:
                 raise ValueError(
                     f"{path} has no {part[:-1]} state for {missing[0]!r}: it was written by "
-                    "another method or an older kdlab; start afresh (resume=False)"
+                    f"another method or an older kdlab; {afresh}"
                 )
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
@@ -89,11 +129,20 @@ def save_network(path: str | Path, network: nn.Module, arch: str, dataset: Image
 
 
 def load_network(path: str | Path) -> nn.Module:
-    """Rebuild a network saved by :func:`save_network` (``torch.load(weights_only=True)``)."""
+    """Rebuild a network saved by :func:`save_network` (``torch.load(weights_only=True)``).
+
+    FileNotFoundError when there is no file; :class:`DamagedCheckpointError` (one line) when
+    the file is not such a network checkpoint (another kind of file, a training checkpoint,
+    a damaged one)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no network checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not path.is_file():
+        hint = ""
+        if str(path) in available_models():  # an architecture given where a file was expected
+            arch = str(path)
+            hint = f"; {arch!r} is an architecture: {option('teacher', arch)} trains one first"
+        raise FileNotFoundError(f"no network checkpoint at {path}{hint}")
+    advice = "give a network saved by kdlab: networks/<name>.pt in a run folder"
+    state = read_checkpoint(path, "cpu", _NETWORK_KEYS, "kdlab network checkpoint", advice)
     network = build_model(state["arch"], state["num_classes"], state["in_channels"])
     network.load_state_dict(state["state_dict"])
     network.arch = state["arch"]

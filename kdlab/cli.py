@@ -11,9 +11,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .checkpoint import load_network
 from .data import DATASETS, DatasetNotFoundError
+from .messages import speaking
 from .methods import METHODS, get_method, parse_value
 from .profiles import profile
+from .runfolder import claim
+from .train import pick_device
 
 
 class UsageError(Exception):
@@ -30,7 +34,8 @@ def _add_train(sub) -> None:
     p.add_argument("--method", required=True, help=f"one of: {', '.join(sorted(METHODS))}")
     p.add_argument("--models", required=True, help="comma-separated architectures, one per network")
     p.add_argument("--teacher", help="the teacher's architecture (methods with a teacher)")
-    p.add_argument("--teacher-checkpoint", help="a trained teacher saved by kdlab (networks/*.pt)")
+    p.add_argument("--teacher-checkpoint",
+                   help="a trained teacher saved by kdlab (networks/<name>.pt of a run folder)")  # fmt: skip
     p.add_argument("--teacher-epochs", type=int, help="epochs to train the teacher first (kd)")
     p.add_argument("--dataset", help=f"one of: {', '.join(DATASETS)} (default: the profile's)")
     p.add_argument("--data-root", help="the dataset cache folder (default: the checkout's data/)")
@@ -43,8 +48,13 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--out", required=True, help="the run folder")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--out", required=True, help="the run folder (a new or empty one, unless "
+                   "--resume or --overwrite)")  # fmt: skip
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in OUT from its last finished epoch")  # fmt: skip
+    again.add_argument("--overwrite", action="store_true",
+                       help="delete the run in OUT and start afresh")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--set",
@@ -86,21 +96,34 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(
             f"method {args.method!r} needs --teacher ARCH or --teacher-checkpoint PATH"
         )
+    if args.teacher and args.teacher_checkpoint:
+        raise UsageError("give --teacher ARCH or --teacher-checkpoint PATH, not both")
+    pick_device(args.device)  # a bad or missing device fails before anything loads
+    out = Path(args.out)
+    claim(out, args.resume, args.overwrite, dry_run=True)  # refused before anything loads
+    teacher = Path(args.teacher_checkpoint) if args.teacher_checkpoint else args.teacher
+    if isinstance(teacher, Path):
+        load_network(teacher)  # not a network checkpoint: said before anything trains
     prof, dataset = prof.load(args.data_root)
     config = prof.train_config(seed=args.seed, device=args.device, precision=args.precision)
-    out = Path(args.out)
-    result = train_one(
-        args.method,
-        [m.strip() for m in args.models.split(",")],
-        dataset,
-        config=config,
-        teacher=args.teacher_checkpoint or args.teacher,
-        out=out,
-        resume=args.resume,
-        teacher_epochs=args.teacher_epochs,
-        progress=not args.no_progress,
-        **params,
-    )
+    try:
+        result = train_one(
+            args.method,
+            [m.strip() for m in args.models.split(",")],
+            dataset,
+            config=config,
+            teacher=teacher,
+            out=out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            teacher_epochs=args.teacher_epochs,
+            progress=not args.no_progress,
+            **params,
+        )
+    except KeyboardInterrupt:
+        print(f"kdlab: interrupted; {out} keeps every finished epoch: the same command with "
+              "--resume continues it", file=sys.stderr)  # fmt: skip
+        return 130
     metric = result.summary["metric"]
     print(f"test {metric} (%), last epoch and best:")
     for name, entry in result.summary["networks"].items():
@@ -119,6 +142,7 @@ def _add_demo(sub) -> None:
     p.add_argument(
         "--notebooks", help="comma-separated notebook numbers, e.g. 00,01 (default: all)"
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar over the cells")
 
 
 def _demo_grid(profile_name: str, out: Path) -> bool:
@@ -165,7 +189,9 @@ def _demo_notebooks(chosen: list[str] | None) -> list[Path]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """papermill every notebook with ``out_dir`` set, run the digits grid (before the notebook
-    that reads a grid's results), then write ``OUT/summary.md`` and print both tables."""
+    that reads a grid's results), then write ``OUT/summary.md`` and print both tables. On
+    stderr: which notebook runs (k of n), papermill's progress bar over its cells, and the
+    seconds it took."""
     import os
     import time
 
@@ -180,7 +206,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     chosen = args.notebooks.split(",") if args.notebooks else None
     rows, failed, timings = [], [], []
     grid_out, grid_ok = out / "grid", None
-    for nb in _demo_notebooks(chosen):
+    notebooks = _demo_notebooks(chosen)
+    for number, nb in enumerate(notebooks, 1):
         runs = out / nb.stem
         declared = papermill.inspect_notebook(str(nb))
         given = {"PROFILE": name, "out_dir": str(runs)}
@@ -189,9 +216,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 grid_ok = _demo_grid(name, grid_out)
             given["results_dir"] = str(grid_out)
         started = time.perf_counter()
-        print(f"running {nb.name} …", file=sys.stderr, flush=True)
+        print(f"[{number}/{len(notebooks)}] running {nb.name} …", file=sys.stderr, flush=True)
         try:
-            execute(nb, out / nb.name, {k: v for k, v in given.items() if k in declared})
+            execute(nb, out / nb.name, {k: v for k, v in given.items() if k in declared},
+                    progress=not args.no_progress)  # fmt: skip
         except Exception as error:  # keep going: report every notebook
             failed.append(nb.name)
             first = str(error).splitlines()[0]
@@ -239,20 +267,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its messages name command-line flags (:mod:`kdlab.messages`)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-        if args.command == "train":
-            return cmd_train(args)
-        if args.command == "demo":
-            return cmd_demo(args)
-        module = importlib.import_module(_COMMANDS[args.command][0])
-        return module.main(args)
+        with speaking("cli"):
+            args = parser.parse_args(argv)
+            if args.command == "train":
+                return cmd_train(args)
+            if args.command == "demo":
+                return cmd_demo(args)
+            module = importlib.import_module(_COMMANDS[args.command][0])
+            return module.main(args)
     except (UsageError, ValueError, DatasetNotFoundError, FileNotFoundError) as error:
         print(f"kdlab: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("kdlab: interrupted; the last finished epoch is checkpointed", file=sys.stderr)
+        print("kdlab: interrupted", file=sys.stderr)
         return 130
 
 

@@ -41,3 +41,15 @@ def torch_save(path: str | Path, obj: Any) -> Path:
     import torch
 
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def read_json(path: str | Path, advice: str = "") -> Any:
+    """The JSON data in ``path``; a one-line ValueError naming the file when it is not JSON
+    (empty, truncated or edited by hand), followed by ``advice`` (what to do)."""
+    path = Path(path)
+    text = path.read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        what = "empty" if not text.strip() else f"not valid JSON, line {error.lineno}: {error.msg}"
+        raise ValueError(f"{path} is damaged ({what}){'; ' + advice if advice else ''}") from None

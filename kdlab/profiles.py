@@ -2,9 +2,11 @@
 
 - ``smoke``: seconds on a CPU, for the tests (digits, a few hundred images, 2 epochs, one seed).
 - ``lab`` (the default): one Colab T4 session per notebook. CIFAR-10 where it is available
-  (cached in ``data/`` or downloadable) and a GPU is there, otherwise the embedded digits set-up
-  (a CPU runtime gets minutes of digits, not hours of CIFAR; ask for ``dataset="cifar10"`` to
-  train it on the CPU anyway).
+  (cached in ``data/`` or downloadable) and a GPU is there, otherwise the embedded digits set-up:
+  on a CPU, a request for more than :data:`CPU_IMAGE_BUDGET` training images per network (the
+  profile's 15 epochs are 750,000) gets minutes of digits rather than hours of CIFAR, with a
+  note computed from what was asked; a smaller one (``epochs=1``) keeps CIFAR-10, and so does
+  ``dataset="cifar10"`` named explicitly.
 - ``paper``: the published schedule of METHODS.md (CIFAR-100, 200 epochs, lr 0.1 ÷10 at 60,
   120, 180, batch 64, three seeds), for a GPU.
 
@@ -24,6 +26,7 @@ from typing import Any
 
 from .config import TrainConfig
 from .data import DatasetNotFoundError, ImageDataset, load_dataset
+from .messages import say
 from .optim import scale_milestones
 from .train import pick_device
 
@@ -91,21 +94,41 @@ class Profile:
             cfg, data = kdlab.profile().load()
 
         ``(self, dataset)`` normally. Where the profile has a fallback and its dataset is absent
-        offline, or the profile is sized for a GPU (``needs_gpu``) and there is none: a *copy*
+        offline, or the profile is sized for a GPU (``needs_gpu``), there is none, and what it
+        asks of the CPU is more than :data:`CPU_IMAGE_BUDGET` training images: a *copy*
         of the profile with the fallback's set-up (its dataset, sizes and networks; the fields
         set explicitly are kept) and the fallback dataset, with a printed note.
         """
+        note = None
         if self.needs_gpu and self.fallback_dataset and pick_device().type == "cpu":
-            reason = (
-                f"no GPU here: {self.dataset} for {self.epochs} epochs would take hours on the CPU"
+            images, slow, fast = self.cpu_cost()
+            size = (
+                f"{self.dataset} for {self.epochs} epoch(s) is {images:,} training images per "
+                f"network: about {_duration(images / fast)} to {_duration(images / slow)} for "
+                f"each ResNet-20 on a CPU ({slow}–{fast} images/s, by CPU)"
             )
-            return self._fall_back(reason, root)
+            if images > CPU_IMAGE_BUDGET:
+                return self._fall_back(
+                    f"no GPU here: {size}; "
+                    + say("name the dataset to train it anyway ({dataset=" + self.dataset + "})"),
+                    root,
+                )
+            note = f"no GPU here: {size}"
         try:
-            return self, load_dataset(self.dataset, root, train_size=self.train_size)
+            dataset = load_dataset(self.dataset, root, train_size=self.train_size)
         except DatasetNotFoundError as error:
             if not self.fallback_dataset:
                 raise
             return self._fall_back(str(error), root)
+        if note:
+            print(note, flush=True)
+        return self, dataset
+
+    def cpu_cost(self) -> tuple[int, int, int]:
+        """What this profile asks of a CPU: training images per network (epochs × the training
+        set or ``train_size``) and the range of :data:`CPU_IMAGES_PER_SECOND`."""
+        per_epoch = self.train_size or TRAIN_IMAGES.get(self.dataset, 50_000)
+        return self.epochs * per_epoch, *CPU_IMAGES_PER_SECOND
 
     def _fall_back(self, reason: str, root: str | None) -> tuple[Profile, ImageDataset]:
         print(f"{reason}\n→ the {self.name!r} profile uses {self.fallback_dataset!r} instead.")
@@ -119,6 +142,23 @@ class Profile:
         """The dataset of :meth:`load` (the fallback's, where it applies), without changing this
         profile: :meth:`load` also returns the settings that go with a fallback."""
         return self.load(root)[1]
+
+
+# A profile sized for a GPU (lab: CIFAR-10) falls back to its CPU set-up when asked for more
+# than this many training images per network on a CPU (two epochs of CIFAR-10). A ResNet-20
+# trains at CPU_IMAGES_PER_SECOND on a CPU: 50 was measured on 2 shared cores of an AMD EPYC in
+# fp32 (2026-11-30); the README's Performance table has a ResNet-32 at 405 (fp32) to 721 (bf16)
+# images/s on 2 idle cores of a Xeon with AMX, and a ResNet-20 is faster. So two epochs take
+# minutes to half an hour, and the lab profile's 15 epochs of 50,000 images, for each of a
+# notebook's runs and seeds, 20 minutes to 4 hours.
+CPU_IMAGE_BUDGET = 100_000
+CPU_IMAGES_PER_SECOND = (50, 700)
+TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000}  # training split sizes
+
+
+def _duration(seconds: float) -> str:
+    minutes = seconds / 60
+    return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
 
 
 _DIGITS_LAB = dict(

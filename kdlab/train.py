@@ -35,6 +35,7 @@ from .checkpoint import TrainingState, load_network, save_network
 from .config import TrainConfig
 from .data import load_dataset
 from .epoch import NonFiniteLossError, Updater, train_epoch
+from .messages import say
 from .methods import METHODS, Method, get_method
 from .models import available_models, build_model, model_kind
 from .optim import build_optimizers
@@ -45,6 +46,7 @@ from .precision import (
     pick_precision,
     precision_name,
 )
+from .runfolder import claim
 
 __all__ = [
     "TrainConfig",
@@ -124,13 +126,36 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """The torch device for ``device``: ``"auto"`` (CUDA, else MPS, else the CPU), ``"cpu"``,
+    ``"cuda"``, ``"cuda:N"`` or ``"mps"``. A one-line ValueError for any other name and for a
+    device this machine does not have, raised before anything is built."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    choose = say("choose {device=auto}, cpu, cuda, cuda:N or mps")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; {choose}") from None
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(say("device {name!r}: torch finds no CUDA GPU on this machine; use "
+                                 "{device=auto} or {device=cpu}", name=device))  # fmt: skip
+        if chosen.index is not None and chosen.index >= count:
+            raise ValueError(say("device {name!r}: this machine has {count} CUDA GPU(s), cuda:0 "
+                                 "to cuda:{last}; use one of them or {device=auto}",
+                                 name=device, count=count, last=count - 1))  # fmt: skip
+    elif chosen.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError(say("device {name!r}: MPS (Apple's GPU) is not available here; use "
+                                 "{device=auto} or {device=cpu}", name=device))  # fmt: skip
+    elif chosen.type != "cpu":
+        raise ValueError(f"device {device!r} is not one kdlab trains on; {choose}")
+    return chosen
 
 
 def make_summary(
@@ -167,16 +192,25 @@ def make_summary(
     }
 
 
-def _checkpoint_to_resume(out: Path | None, resume: bool | str) -> Path | None:
-    """``out/checkpoint.pt`` when the run resumes from it, else None (see :func:`fit`)."""
-    if resume not in (True, False, "auto"):
-        raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
-    path = out / "checkpoint.pt" if out is not None else None
-    if resume == "auto":
-        resume = path is not None and path.exists()
-    if resume and not (path and path.exists()):
-        raise FileNotFoundError(f"nothing to resume: no checkpoint.pt in {out}")
-    return path if resume else None
+def _claim_folder(out: Path | None, resume: bool | str, overwrite: bool) -> Path | None:
+    """``out/checkpoint.pt`` when the run resumes from it, else None; refuses or clears the
+    folder as :func:`kdlab.runfolder.claim` decides, and says what a resumed run does."""
+    if out is None:
+        if resume is True or overwrite:
+            raise ValueError(say("{resume} and {overwrite} need a run folder: give {out=PATH}"))
+        return None
+    decision = claim(out, resume, overwrite)
+    if decision == "restart" and (out / "config.json").exists():  # not a kd run's teacher/ alone
+        print(f"{out}: no finished epoch to resume; training from epoch 1", flush=True)
+    return out / "checkpoint.pt" if decision == "resume" else None
+
+
+def _say_resumed(out: Path, done: int, last_epoch: int, epochs: int) -> None:
+    if done >= last_epoch:
+        print(f"{out}: finished already ({done} of {epochs} epochs), nothing to train", flush=True)
+    else:
+        print(f"{out}: resumed from its checkpoint after epoch {done} of {epochs}; training "
+              f"epochs {done + 1} to {last_epoch}", flush=True)  # fmt: skip
 
 
 def check_task(method: Method, dataset: Any) -> None:
@@ -224,6 +258,7 @@ def fit(
     *,
     out: str | Path | None = None,
     resume: bool | str = False,
+    overwrite: bool = False,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
     archs: Mapping[str, str] | None = None,
@@ -239,10 +274,14 @@ def fit(
     (:class:`kdlab.callbacks.RunFolder`: metrics.jsonl and an atomic checkpoint), then the
     progress bar, then ``callbacks``.
 
-    ``resume=True`` continues from ``out/checkpoint.pt`` (:class:`kdlab.checkpoint.TrainingState`)
-    to the same numbers an uninterrupted run gives; ``resume="auto"`` resumes when that
-    checkpoint exists and starts afresh otherwise (what a notebook run by a grid uses). A folder
-    written with other settings (method, parameters, networks, dataset, recipe) is not resumed:
+    A folder that holds a run is never overwritten silently (:func:`kdlab.runfolder.claim`):
+    ``resume=True`` continues it from ``out/checkpoint.pt``
+    (:class:`kdlab.checkpoint.TrainingState`) to the same numbers an uninterrupted run gives,
+    and says from which epoch; ``resume="auto"`` resumes when that checkpoint exists and starts
+    afresh otherwise (how notebooks and grid cells continue their own runs); ``overwrite=True``
+    deletes what the folder holds and starts afresh; with neither, a folder that holds a run is
+    refused (:class:`kdlab.runfolder.RunExistsError`). A folder written with other settings
+    (method, parameters, networks, dataset, recipe) is not resumed:
     :class:`kdlab.callbacks.RunMismatchError` names the first setting that differs.
     ``stop_after`` ends the run after that many epochs (an interruption, for tests). A NaN or
     infinite loss raises :class:`NonFiniteLossError` naming the network, the term and the epoch;
@@ -253,12 +292,12 @@ def fit(
     check_task(method, dataset)
     method.label_smoothing = config.label_smoothing  # every method's CE (Method.ce)
     out = Path(out) if out is not None else None
-    resume_from = _checkpoint_to_resume(out, resume)
     device = pick_device(config.device)
     precision = Precision.pick(config.precision, device)
     channels_last, train_loader, test = _place(method, dataset, config, device)
     optimizers, schedulers = build_optimizers(method, config, device)
     state = TrainingState(method, optimizers, schedulers, precision.scaler, train_loader, device)
+    resume_from = _claim_folder(out, resume, overwrite)  # after every check that can fail
     last_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
     hooks: list[LoopCallback] = []
     if out is not None:
@@ -267,6 +306,8 @@ def fit(
     if progress:
         hooks.append(ProgressBar(method.name, last_epoch, len(train_loader)))
     history = History(state.load(resume_from) if resume_from else [])
+    if resume_from:
+        _say_resumed(out, len(history), last_epoch, config.epochs)
     history.metric, history.last_epoch = dataset.task.metric, last_epoch
     update = Updater(optimizers, precision.scaler)
     try:
@@ -333,6 +374,7 @@ def run(
     config: TrainConfig | None = None,
     out: str | Path | None = None,
     resume: bool | str = False,
+    overwrite: bool = False,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
     stop_after: int | None = None,
@@ -342,7 +384,9 @@ def run(
 
     ``models``: architecture names (one per trained network, or a comma-separated string).
     ``teacher``: for methods with a teacher, an architecture name (built and trained with the
-    others, for online methods), a path to a network checkpoint, or a network. ``params`` are
+    others, for online methods), a path to a network checkpoint (a :class:`~pathlib.Path`, or a
+    string with a suffix or a folder in it), or a network. ``out``, ``resume`` and
+    ``overwrite``: the run folder, as in :func:`fit`. ``params`` are
     the method's own knobs (e.g. ``alpha=0.9, temperature=4``). Seeding happens before the
     networks are built, so the same seed gives the same run.
     """
@@ -354,7 +398,7 @@ def run(
         raise ValueError("give at least one model name")
     kind = dataset.task.model_kind
     for arch in names + (
-        [teacher] if isinstance(teacher, str) and not teacher.endswith(".pt") else []
+        [teacher] if isinstance(teacher, str) and not is_checkpoint_path(teacher) else []
     ):
         if model_kind(arch) != kind:
             raise ValueError(
@@ -372,7 +416,7 @@ def run(
     if method_cls.teacher_mode is not None:
         if teacher is None:
             raise ValueError(f"method {method!r} needs a teacher")
-        if isinstance(teacher, (str, Path)) and Path(teacher).suffix == ".pt":
+        if is_checkpoint_path(teacher):
             teacher = load_network(teacher)
         elif isinstance(teacher, str):
             if method_cls.teacher_mode == "pretrained":
@@ -390,8 +434,20 @@ def run(
         config,
         out=out,
         resume=resume,
+        overwrite=overwrite,
         callbacks=callbacks,
         progress=progress,
         archs=archs,
         stop_after=stop_after,
+    )
+
+
+def is_checkpoint_path(teacher: Any) -> bool:
+    """Whether ``teacher`` names a file rather than an architecture: a :class:`~pathlib.Path`,
+    or a string with a suffix (``.pt``, ``.json``…) or a folder in it (architecture names have
+    neither)."""
+    if isinstance(teacher, Path):
+        return True
+    return isinstance(teacher, str) and (
+        "/" in teacher or "\\" in teacher or bool(Path(teacher).suffix)
     )

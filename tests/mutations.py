@@ -42,6 +42,8 @@ TADML = "kdlab/methods/tadml.py"
 CLASSIFICATION = "kdlab/tasks/classification.py"
 METRICS = "kdlab/metrics.py"
 MUTUAL_TESTS = ("tests/test_mutual.py",)
+FOLDER_TESTS = ("tests/test_run_folders.py",)
+COMMAND_TESTS = ("tests/test_newcomer_commands.py",)
 METRIC_TESTS = ("tests/test_metrics.py", "tests/test_kdml.py")
 EPOCH = "kdlab/epoch.py"
 OPTIM = "kdlab/optim.py"
@@ -165,6 +167,111 @@ MUTATIONS = [
         "return (0.5 * (kl(p) + kl(q))).clamp_min(0.0)",
         "return (0.25 * (kl(p) + kl(q))).clamp_min(0.0)",
         METRIC_TESTS,
+    ),
+    Mutation(
+        "resume-student-phase-strictly",
+        "the phases of a run whose teacher trains first each claim the folder with the run's own "
+        "resume: the student phase refuses the folder its teacher phase wrote",
+        "kdlab/reproduce/contract.py",
+        'resume, overwrite = "auto", False  # each phase continues its own part',
+        "overwrite = False",
+        FOLDER_TESTS,
+    ),
+    Mutation(
+        "run-folder-overwritten-silently",
+        "a run written into a folder that holds another run, without resume or overwrite",
+        "kdlab/runfolder.py",
+        '    raise RunExistsError(\n        say("{out} holds a run already',
+        '    return "start"\n    raise RunExistsError(\n        say("{out} holds a run already',
+        FOLDER_TESTS,
+    ),
+    Mutation(
+        "overwrite-keeps-old-files",
+        "overwrite writes the new run over the old one instead of clearing the folder",
+        "kdlab/runfolder.py",
+        "            clear(out)",
+        "            pass",
+        FOLDER_TESTS,
+    ),
+    Mutation(
+        "damaged-checkpoint-traceback",
+        "an empty or truncated checkpoint.pt reaches the user as torch's EOFError/RuntimeError",
+        "kdlab/checkpoint.py",
+        "    except Exception as error:  # EOFError (empty), RuntimeError (truncated zip)",
+        "    except OSError as error:  # EOFError (empty), RuntimeError (truncated zip)",
+        FOLDER_TESTS,
+    ),
+    Mutation(
+        "damaged-json-unnamed",
+        "a corrupt config.json gives the JSON parser's message, which names no file",
+        "kdlab/io.py",
+        "    except json.JSONDecodeError as error:",
+        "    except TypeError as error:",
+        FOLDER_TESTS,
+    ),
+    Mutation(
+        "device-unchecked",
+        "a device name handed to torch unchecked: 'foo' or a missing CUDA ends in a traceback",
+        "kdlab/train.py",
+        '    choose = say("choose {device=auto}, cpu, cuda, cuda:N or mps")',
+        "    return torch.device(device)",
+        FOLDER_TESTS,
+    ),
+    Mutation(
+        "teacher-path-as-architecture",
+        "a teacher path not ending in .pt taken for an architecture name ('unknown model')",
+        "kdlab/train.py",
+        '"/" in teacher or "\\\\" in teacher or bool(Path(teacher).suffix)',
+        'Path(teacher).suffix == ".pt"',
+        FOLDER_TESTS,
+    ),
+    Mutation(
+        "cli-speaks-python",
+        "the command line's messages name the Python API's keywords (resume=True…)",
+        "kdlab/cli.py",
+        '        with speaking("cli"):',
+        '        with speaking("python"):',
+        FOLDER_TESTS,
+    ),
+    Mutation(
+        "resume-silent",
+        "a resumed run does not say from which epoch it goes on",
+        "kdlab/train.py",
+        "        _say_resumed(out, len(history), last_epoch, config.epochs)",
+        "        pass",
+        FOLDER_TESTS,
+    ),
+    Mutation(
+        "grids-mix-in-one-folder",
+        "a grid run into another grid's folder: both grids' cells in one results table",
+        "kdlab/reproduce/execute.py",
+        "    _check_grid_folder(out, grid.name)",
+        "    pass",
+        FOLDER_TESTS,
+    ),
+    Mutation(
+        "dry-run-builds-nothing",
+        "a grid's cells are not built before they run: lam: -1 passes the dry run",
+        "kdlab/reproduce/grid.py",
+        "        _check_builds(here, cell)",
+        "        pass",
+        COMMAND_TESTS,
+    ),
+    Mutation(
+        "cpu-fallback-whatever-asked",
+        "the lab profile falls back to digits on a CPU whatever was asked (train --epochs 1)",
+        "kdlab/profiles.py",
+        "            if images > CPU_IMAGE_BUDGET:",
+        "            if True:",
+        COMMAND_TESTS,
+    ),
+    Mutation(
+        "demo-without-progress",
+        "make demo runs each notebook without papermill's progress bar over its cells",
+        "kdlab/cli.py",
+        "                    progress=not args.no_progress)  # fmt: skip",
+        "                    progress=False)  # fmt: skip",
+        COMMAND_TESTS,
     ),
     Mutation(
         "fitnet-no-regressor",
@@ -512,10 +619,10 @@ MUTATIONS = [
         ATOMIC_TESTS,
     ),
     Mutation(
-        "run-folder-keeps-the-old-run",
-        "a fresh run leaves the earlier run's summary.json and networks in its folder",
-        CALLBACKS,
-        "        else:\n            self._clear()\n",
+        "clear-summary-not-first",
+        "overwrite clears a run folder in any order: a cut leaves a finished-looking run",
+        "kdlab/runfolder.py",
+        '    for mark in sorted(out.rglob("summary.json")):\n        mark.unlink()\n',
         "",
         ATOMIC_TESTS,
     ),

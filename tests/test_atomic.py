@@ -110,8 +110,8 @@ def _cut_after_epoch(epoch: int):
     return callback
 
 
-def test_a_fresh_run_over_a_finished_one_cut_half_way_is_not_taken_for_finished(digits, tmp_path):
-    """A run started afresh (resume=False) in a folder that holds a finished run and cut after
+def test_a_run_overwriting_a_finished_one_cut_half_way_is_not_taken_for_finished(digits, tmp_path):
+    """A run started afresh (overwrite=True) in a folder that holds a finished run and cut after
     its first epoch: the old run's summary.json and networks must not stay beside the new run's
     config and checkpoint, or the folder reads as a finished run of the new settings."""
     out, clean = tmp_path / "run", tmp_path / "clean"
@@ -120,10 +120,10 @@ def test_a_fresh_run_over_a_finished_one_cut_half_way_is_not_taken_for_finished(
     assert (out / "summary.json").exists() and (out / "networks" / "peer1.pt").exists()
 
     with pytest.raises(Cut):
-        kdlab.run("dml", models, digits, config=_config(seed=1), out=out,
+        kdlab.run("dml", models, digits, config=_config(seed=1), out=out, overwrite=True,
                   callbacks=[_cut_after_epoch(1)], **kwargs)  # fmt: skip
     assert not (out / "summary.json").exists()
-    assert not list((out / "networks").glob("*.pt"))
+    assert not list(out.glob("networks/*.pt"))
     assert json.loads((out / "config.json").read_text())["train"]["seed"] == 1
     assert [r["epoch"] for r in _history(out)] == [1]
     assert _untimed(_metrics(out)) == _untimed(_history(out))
@@ -132,6 +132,49 @@ def test_a_fresh_run_over_a_finished_one_cut_half_way_is_not_taken_for_finished(
     kdlab.run("dml", models, digits, config=_config(seed=1), out=clean, **kwargs)
     assert _summary(out) == _summary(clean)
     assert _untimed(_metrics(out)) == _untimed(_metrics(clean))
+
+
+def test_clearing_a_run_folder_cut_half_way_leaves_no_finished_run(digits, tmp_path, monkeypatch):
+    """``overwrite`` clears the folder of a finished two-phase run (a kd run: its teacher's run in
+    ``teacher/``): cut after any number of deletions, no summary.json is left beside a run that
+    lost some of its files."""
+    from kdlab import runfolder
+    from kdlab.reproduce import train_one
+
+    whole = tmp_path / "whole"
+    train_one("kd", ["cnn_tiny"], digits, config=_config(2), teacher="cnn_tiny", out=whole,
+              progress=False)  # fmt: skip
+    assert (whole / "summary.json").exists() and (whole / "teacher" / "summary.json").exists()
+    real_unlink, real_rmtree = Path.unlink, runfolder.shutil.rmtree
+    count = len(list(whole.iterdir())) + 1
+    for cut_after in range(1, count + 1):
+        out = tmp_path / f"cut{cut_after}"
+        runfolder.shutil.copytree(whole, out)
+        budget = {"left": cut_after}  # deletions before the cut
+
+        def deleting(real, budget=budget):
+            def delete(path, *args, **kwargs):
+                if budget["left"] == 0:
+                    raise Cut
+                budget["left"] -= 1
+                return real(path, *args, **kwargs)
+
+            return delete
+
+        monkeypatch.setattr(Path, "unlink", deleting(real_unlink))
+        monkeypatch.setattr(runfolder.shutil, "rmtree", deleting(real_rmtree))
+        try:
+            runfolder.clear(out)
+        except Cut:
+            pass
+        monkeypatch.setattr(Path, "unlink", real_unlink)
+        monkeypatch.setattr(runfolder.shutil, "rmtree", real_rmtree)
+        for mark in out.rglob("summary.json"):  # a run that reads finished has all its files
+            run = mark.parent.relative_to(out)
+            lost = [
+                f for f in (whole / run).rglob("*") if not (out / f.relative_to(whole)).exists()
+            ]
+            assert not lost, f"cut after {cut_after} deletions: {run} reads finished, lost {lost}"
 
 
 def test_a_cut_between_the_checkpoint_and_the_metrics_never_puts_the_metrics_ahead(

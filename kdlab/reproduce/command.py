@@ -41,7 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def dry_run(grid, out: Path) -> int:
-    """Check every cell's parameters against its notebook and list the cells."""
+    """List the cells, having checked every cell's parameters against its notebook (every
+    cell's method, networks and recipe were built when the grid was loaded:
+    :func:`~kdlab.reproduce.grid.load_grid`)."""
     names = {nb: list(declared(nb)) for nb in {cell.notebook for cell in grid.cells}}
     for cell in grid.cells:
         cell_parameters(cell, names[cell.notebook], out / "cells" / cell.name / "runs", "data")
@@ -58,10 +60,16 @@ def main(args: argparse.Namespace) -> int:
         return dry_run(grid, Path(args.out))
     slurm = {"partition": args.partition, "time": args.time, "gpus_per_task": args.gpus_per_task,
              "cpus_per_task": args.cpus_per_task, "array_parallelism": args.max_running}  # fmt: skip
-    outcomes = run_grid(grid, args.out, executor=args.executor,
-                        how="direct" if args.direct else "papermill", gpus=args.gpus,
-                        slurm=slurm, data_root=args.data_root,
-                        progress=not args.no_progress)  # fmt: skip
+    try:
+        outcomes = run_grid(grid, args.out, executor=args.executor,
+                            how="direct" if args.direct else "papermill", gpus=args.gpus,
+                            slurm=slurm, data_root=args.data_root,
+                            progress=not args.no_progress)  # fmt: skip
+    except KeyboardInterrupt:
+        print(f"kdlab: interrupted; {args.out} keeps every finished cell and epoch: the same "
+              "command runs the cells not finished, each from its last checkpoint",
+              file=sys.stderr)  # fmt: skip
+        return 130
     failed = [o for o in outcomes if o["status"] != "ok" and o["status"] != "skipped"]
     skipped = sum(o["status"] == "skipped" for o in outcomes)
     print(

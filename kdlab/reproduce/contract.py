@@ -115,6 +115,7 @@ def train_one(
     teacher: Any = None,
     out: str | Path | None = None,
     resume: bool | str = False,
+    overwrite: bool = False,
     teacher_epochs: int | None = None,
     progress: bool = True,
     callbacks: Sequence = (),
@@ -127,32 +128,43 @@ def train_one(
     ``pretrained_teacher=True``) is trained first with independent training, on the same data,
     seed and recipe (``teacher_epochs`` epochs if given, the milestones scaled to them:
     :func:`kdlab.optim.scale_milestones`), into ``out/teacher`` (in memory
-    without ``out``), resumed from there when ``resume`` is set. The method's parameters and
-    architectures are checked before the teacher trains.
+    without ``out``). Such a run has two phases in one folder, the teacher's run in
+    ``out/teacher`` and then the students' in ``out``: the folder is claimed once for the whole
+    run (:func:`kdlab.runfolder.claim`: refused when it holds a run and neither ``resume`` nor
+    ``overwrite`` is set, cleared whole by ``overwrite``), and each phase then continues its own
+    part (``resume="auto"``), so a run cut in either phase resumes from that phase. The method's
+    parameters, architectures and device are checked before the teacher trains.
     """
     from ..models import build_model
-    from ..train import run
+    from ..runfolder import claim
+    from ..train import is_checkpoint_path, pick_device, run
 
     method_cls = get_method(method)
     first = method_cls.teacher_mode == "pretrained" or bool(params.get("pretrained_teacher"))
-    if first and isinstance(teacher, str) and Path(teacher).suffix != ".pt":
+    if first and isinstance(teacher, str) and not is_checkpoint_path(teacher):
         n, c = data.num_classes, data.in_channels
         students = [build_model(arch, n, c) for arch in models]
         roles = {f"{method_cls.role}{i}": net for i, net in enumerate(students, 1)}
         method_cls(roles, teacher=build_model(teacher, n, c), **params)  # fails now, not later
-        folder = Path(out) / "teacher" if out else None
+        pick_device(config.device)
+        folder = None
+        if out is not None:
+            claim(out, resume, overwrite)  # the whole run: both phases
+            folder = Path(out) / "teacher"
+            resume, overwrite = "auto", False  # each phase continues its own part
         if progress:
             print(f"training the teacher {teacher} first → {folder or 'memory'}", file=sys.stderr)
         recipe = config
         if teacher_epochs:  # the recipe shrunk (or grown) to the teacher's epochs
             moved = scale_milestones(config.milestones, config.epochs, teacher_epochs)
             recipe = dataclasses.replace(config, epochs=teacher_epochs, milestones=moved)
-        done = run("independent", [teacher], data, config=recipe, out=folder,
-                   resume="auto" if resume and folder else False, progress=progress)  # fmt: skip
+        done = run("independent", [teacher], data, config=recipe, out=folder, resume=resume,
+                   progress=progress)  # fmt: skip
         arch, teacher = teacher, done.method.networks["net1"]
         teacher.arch = arch  # named in the student's summary
     return run(method, list(models), data, teacher=teacher, config=config, out=out,
-               resume=resume, progress=progress, callbacks=callbacks, **params)  # fmt: skip
+               resume=resume, overwrite=overwrite, progress=progress, callbacks=callbacks,
+               **params)  # fmt: skip
 
 
 def notebook_run(

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..io import write_json, write_text
+from ..io import read_json, write_json, write_text
 from .aggregate import aggregate
 from .contract import (
     cell_parameters,
@@ -83,6 +83,7 @@ def plan(
             "executed": f"cells/{cell.name}/notebook.ipynb" if how == "papermill" else None,
             "parameters": parameters, "status": "pending",
         })  # fmt: skip
+    _check_grid_folder(out, grid.name)
     out.mkdir(parents=True, exist_ok=True)
     source = str(grid.source) if grid.source else None
     write_json(out / "grid.json", {"name": grid.name, "description": grid.description,
@@ -100,6 +101,23 @@ def plan(
         write_json(_record_path(out, record["name"]), record)
         todo.append(record["name"])
     return todo
+
+
+def _check_grid_folder(out: Path, name: str) -> None:
+    """A grid's folder holds that grid's cells only: the current directory, a training's run
+    folder and another grid's folder are refused (their tables would mix); the same grid's
+    folder is continued."""
+    if out.resolve() == Path.cwd().resolve():
+        raise ValueError(f"the results folder {str(out)!r} is the current directory: give the "
+                         "grid a folder of its own, e.g. runs/NAME")  # fmt: skip
+    if (out / "config.json").exists():
+        raise ValueError(f"{out} holds a training's run (config.json): choose another folder "
+                         "for the grid")  # fmt: skip
+    if (out / "grid.json").exists():
+        other = read_json(out / "grid.json", "delete it, or choose another folder").get("name")
+        if other != name:
+            raise ValueError(f"{out} holds the results of the grid {other!r}, not {name!r}: "
+                             "choose another folder (the two tables would mix)")  # fmt: skip
 
 
 def _cell_of(spec: Mapping, notebook: str | None) -> Cell:

@@ -293,11 +293,45 @@ def _experiment_cells(
     )
     fixed, combos = _params(here, method_cls, exp.get("params") or {}, exp.get("grid") or {})
     notebook = _notebook(here, exp.get("notebook", notebooks.get(method, RUNNER)), notebooks_dir)
-    return [
+    cells = [
         Cell(method, models, teacher, dataset, {**fixed, **combo}, dict(settings), seed, prof,
              notebook)
         for dataset, models, combo, seed in itertools.product(datasets, model_sets, combos, seeds)
     ]  # fmt: skip
+    for cell in cells:
+        _check_builds(here, cell)
+    return cells
+
+
+def _check_builds(here: str, cell: Cell) -> None:
+    """Build the cell's networks and method and its recipe, as its training will: a parameter
+    value the method refuses (``lam: -1``), a batch too small for it, fails here, naming the
+    cell, not when the cell runs."""
+    prof = make_profile(cell.profile, dataset=cell.dataset, **cell.settings)
+    teacher = cell.teacher or prof.teacher
+    key = json.dumps([cell.method, cell.models, teacher, cell.params, prof.batch_size],
+                     sort_keys=True)  # fmt: skip
+    error = _build_error(key)
+    if error:
+        raise _fail(f"{here}: cell {cell.label}", error)
+
+
+@functools.cache
+def _build_error(key: str) -> str | None:
+    """The one-line error of building a method as ``key`` says (see :func:`_check_builds`)."""
+    from ..models import build_model
+    from ..train import _role_names
+
+    method, models, teacher, params, batch_size = json.loads(key)
+    method_cls = get_method(method)
+    roles = _role_names(method_cls, len(models))
+    networks = {role: build_model(arch, 10, 3) for role, arch in zip(roles, models)}
+    extra = {"teacher": build_model(teacher, 10, 3)} if method_cls.teacher_mode else {}
+    try:
+        method_cls(networks, **extra, **params).check_batch_size(batch_size)
+    except (TypeError, ValueError) as error:
+        return str(error)
+    return None
 
 
 def _datasets(here: str, datasets: Any) -> list[str | None]:
