@@ -72,19 +72,23 @@ class Profile:
         """The :class:`~kdlab.train.TrainConfig` of this profile for one seed.
 
         ``overrides`` are TrainConfig fields; given ``epochs`` without ``milestones`` (a
-        widget's shorter run), the milestones are :meth:`milestones_for` those epochs.
+        widget's shorter run), the milestones are :meth:`milestones_for` those epochs. Under
+        another schedule than ``step`` the milestones are read by nothing, and DML's are
+        left as TrainConfig's default unless the profile names its own.
         """
         epochs = overrides.get("epochs", self.epochs)
+        schedule = overrides.get("schedule", self.schedule)
         values = dict(
             epochs=epochs,
             batch_size=self.batch_size,
             lr=self.lr,
             schedule=self.schedule,
-            milestones=self.milestones_for(epochs),
             weight_decay=self.weight_decay,
             precision=self.precision,
             seed=seed,
         )
+        if schedule == "step" or self.milestones is not None:
+            values["milestones"] = self.milestones_for(epochs)
         values.update(overrides)
         return TrainConfig(**values)
 
