@@ -45,6 +45,8 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--schedule", choices=["step", "cosine", "constant"])
+    p.add_argument("--optimizer", choices=["sgd", "adam"], help="default: the profile's")
+    p.add_argument("--label-smoothing", type=float, help="ε of the cross-entropy (default: 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
@@ -89,6 +91,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         schedule=args.schedule,
         train_size=args.train_size,
+        optimizer=args.optimizer,
+        label_smoothing=args.label_smoothing,
     )
     if method_cls.teacher_mode is None and (args.teacher or args.teacher_checkpoint):
         raise UsageError(f"method {args.method!r} has no teacher; drop --teacher")

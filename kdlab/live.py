@@ -91,6 +91,8 @@ class LivePlot:
     into the notebook cell's output, replacing the previous drawing in place. ``metrics``
     chooses the panels: any of ``"acc"``, ``"agree"``, ``"js"``; ``networks`` (e.g.
     ``("student",)``) limits the accuracy curves to those networks (default: every one).
+    ``"acc"`` stands for the tracked history's headline metric (``history.metric``: ``acc``
+    for classification, ``map`` for retrieval), so the same plot follows any task.
 
     Rendering a figure costs about half a second on a laptop CPU, more than a small network's
     epoch on digits, so a tracked run skips redraws to keep drawing under ``max_share`` of the
@@ -115,6 +117,7 @@ class LivePlot:
         self.max_share = max_share
         self.networks = networks
         self.runs: dict[str, list[dict]] = {}
+        self.metric = "acc"  # the headline metric of the last tracked history
         self.draws = 0  # how many times the plot was drawn
         self._handle = None
         self._next_draw = 0.0  # time.perf_counter() before which a tracked epoch is not drawn
@@ -124,6 +127,7 @@ class LivePlot:
 
         def callback(record: dict, history) -> None:
             self.runs[label] = list(history)
+            self.metric = getattr(history, "metric", self.metric)
             last = getattr(history, "last_epoch", None)
             if last is None or record["epoch"] >= last or time.perf_counter() >= self._next_draw:
                 self.update()
@@ -132,15 +136,17 @@ class LivePlot:
 
     def figure(self) -> Figure:
         """The current plot as a Figure (also usable after training, headless)."""
+        wanted = [self.metric if m == "acc" else m for m in self.metrics]
         panels = [
             m
-            for m in self.metrics
+            for m in wanted
             if any(k.startswith(f"{m}/") for rows in self.runs.values() if rows for k in rows[-1])
-        ] or ["acc"]
+        ] or [self.metric]
         fig = Figure(figsize=(4.2 * len(panels), 3.2), layout="constrained")
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
         titles = {
             "acc": "test accuracy (%)",
+            "map": "test mAP (%)",
             "agree": "peer agreement (%)",
             "js": "mean JS (nats)",
             "disc_acc": "discriminator accuracy (train)",
@@ -152,7 +158,7 @@ class LivePlot:
             epochs = [r["epoch"] for r in rows]
             for key in rows[-1]:
                 kind, _, name = key.partition("/")
-                if kind not in panels or (kind == "acc" and not self._shown(name)):
+                if kind not in panels or (kind == self.metric and not self._shown(name)):
                     continue
                 ax = axes[panels.index(kind)]
                 style = "--" if name == "ensemble" else "-"

@@ -13,6 +13,10 @@
 A profile that shrinks a recipe scales its milestones itself (:meth:`Profile.milestones_for`):
 a :class:`~kdlab.train.TrainConfig` takes its milestones as given.
 
+Each task has its own three (:data:`TASK_PROFILES`): person re-identification (``retrieval``)
+runs the smoke and lab profiles on the embedded ``reid_digits`` set and the paper profile on
+Market-1501 with DML's own recipe (METHODS.md §9).
+
 The embedded digits set-up is chosen so that distillation has room to show: the student
 (``cnn_tiny``, a few thousand parameters) trained alone on a 200-image subset stays several
 points below its teacher (``resnet20``).
@@ -54,6 +58,9 @@ class Profile:
     precision: str = "auto"  # "auto", "fp32", "bf16", "fp16"
     overridden: tuple[str, ...] = ()  # fields set explicitly: a fallback leaves them alone
     needs_gpu: bool = False  # without a GPU, take the fallback rather than train for hours
+    optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adam" (betas)
+    betas: tuple[float, ...] = (0.9, 0.999)  # Adam's (β1, β2)
+    label_smoothing: float = 0.0  # ε of every method's cross-entropy with the label
 
     def milestones_for(self, epochs: int) -> tuple[int, ...]:
         """The step schedule's milestones for a run of ``epochs`` epochs of this profile.
@@ -85,6 +92,9 @@ class Profile:
             schedule=self.schedule,
             weight_decay=self.weight_decay,
             precision=self.precision,
+            optimizer=self.optimizer,
+            betas=tuple(self.betas),
+            label_smoothing=self.label_smoothing,
             seed=seed,
         )
         if schedule == "step" or self.milestones is not None:
@@ -195,22 +205,65 @@ def profile_name(name: str | None = None) -> str:
     return name
 
 
-TASK_PROFILES: dict[str, dict[str, Profile]] = {"classification": PROFILES}
+# Re-identification. DML's Market-1501 recipe (its official code): Adam lr 2e-4, β1 0.5, weight
+# decay 4e-5, label smoothing 0.1, batch 16, a constant rate for 200,000 steps (247 epochs of
+# 12,936 images), from scratch. Its 224×224 input is Market-1501's 256×128 here.
+_REID_DIGITS = dict(
+    optimizer="adam", betas=(0.5, 0.999), label_smoothing=0.1, weight_decay=5e-4,
+    teacher="cnn_small", student="cnn_small",
+)  # fmt: skip
+RETRIEVAL_PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        "smoke", "reid_digits", epochs=2, batch_size=64, lr=0.003, schedule="cosine",
+        seeds=(0,), **_REID_DIGITS,
+    ),
+    "lab": Profile(
+        "lab", "reid_digits", epochs=20, batch_size=64, lr=0.003, schedule="cosine",
+        seeds=(0, 1, 2), **_REID_DIGITS,
+    ),
+    "paper": Profile(
+        "paper", "market1501", epochs=247, batch_size=16, lr=2e-4, schedule="constant",
+        seeds=(0, 1, 2), teacher="resnet50", student="mobilenetv1", optimizer="adam",
+        betas=(0.5, 0.999), weight_decay=4e-5, label_smoothing=0.1,
+    ),
+}  # fmt: skip
+
+TASK_PROFILES: dict[str, dict[str, Profile]] = {
+    "classification": PROFILES,
+    "retrieval": RETRIEVAL_PROFILES,
+}
 """The profiles of every task (:mod:`kdlab.tasks`) by task name: each task has its own smoke, lab
 and paper set-up (data set, networks, recipe) under the same three names."""
 
 
-def profile(name: str | None = None, task: str = "classification", **overrides: Any) -> Profile:
-    """A copy of the profile ``name`` (default: ``$KDLAB_PROFILE`` or ``lab``) of ``task``.
+def _task_of(task: str | None, dataset: str | None) -> str:
+    """``task``, else the task of ``dataset`` (a registered name), else classification; a
+    ValueError when the two disagree."""
+    from .data import DATASETS
+
+    entry = DATASETS.get(dataset) if dataset else None
+    if task is None:
+        return entry.task if entry is not None else "classification"
+    if entry is not None and entry.task != task:
+        raise ValueError(
+            f"dataset {dataset!r} is a {entry.task} data set, not one of the {task} profiles'"
+        )
+    return task
+
+
+def profile(name: str | None = None, task: str | None = None, **overrides: Any) -> Profile:
+    """A copy of the profile ``name`` (default: ``$KDLAB_PROFILE`` or ``lab``) of ``task``
+    (default: the task of the ``dataset`` override where one is given, else classification).
 
     ``overrides`` whose value is None are ignored, so a notebook's papermill parameters can
     default to None ("take the profile's value").
     """
+    task = _task_of(task, overrides.get("dataset"))
     if task not in TASK_PROFILES:
         raise ValueError(f"no profiles for task {task!r}; known: {', '.join(TASK_PROFILES)}")
     base = TASK_PROFILES[task][profile_name(name)]
     given = {k: v for k, v in overrides.items() if v is not None}
-    for key in ("seeds", "milestones"):
+    for key in ("seeds", "milestones", "betas"):
         if key in given:
             given[key] = tuple(given[key])
     fields = {f.name for f in dataclasses.fields(Profile)}

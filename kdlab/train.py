@@ -33,6 +33,7 @@ from torch import nn
 from .callbacks import LoopCallback, ProgressBar, RunFolder
 from .checkpoint import TrainingState, load_network, save_network
 from .config import TrainConfig
+from .cost import method_cost
 from .data import load_dataset
 from .epoch import NonFiniteLossError, Updater, train_epoch
 from .messages import say
@@ -163,8 +164,9 @@ def make_summary(
 ) -> dict:
     """Final and best headline metric (``final_<metric>``, ``best_<metric>`` and its epoch; the
     last value of every other per-network metric of the task) of every network and of the
-    ensemble, with the method, its parameters, the dataset's name, the seed and the agreement of
-    the last epoch."""
+    ensemble, with the method, its parameters, the dataset's name, the seed, the agreement of
+    the last epoch and, where batches are image tensors, the compute (``cost``: parameters and
+    MACs per image, :func:`kdlab.cost.method_cost`)."""
     task, last = dataset.task, history[-1]
     networks = {}
     for name in history.networks():
@@ -189,7 +191,17 @@ def make_summary(
         "networks": networks,
         "agreement": {k: v for k, v in last.items() if k.startswith(("agree/", "js/"))},
         "seconds": sum(history.column("seconds")),
+        "cost": _cost(method, dataset),
     }
+
+
+def _cost(method: Method, dataset: Any) -> dict | None:
+    """The method's compute on one of the data set's images; None where the task's batches are
+    not image tensors (``task.channels_last`` says they are) or the image size is unknown."""
+    shape = getattr(dataset, "image_size", None)
+    if not dataset.task.channels_last or shape is None:
+        return None
+    return method_cost(method, (dataset.in_channels, *shape))
 
 
 def _claim_folder(out: Path | None, resume: bool | str, overwrite: bool) -> Path | None:
@@ -222,6 +234,12 @@ def check_task(method: Method, dataset: Any) -> None:
             f"method {method.name!r} does not train the {task.name} task of dataset "
             f"{dataset.name!r}; methods that do: {', '.join(able) or 'none'}"
         )
+    views = getattr(method, "views", 1)
+    if views > 1 and not task.multi_view:
+        raise ValueError(
+            f"method {method.name!r} trains on {views} augmented views of each image; the "
+            f"{task.name} task of dataset {dataset.name!r} gives one"
+        )
     for name, net in method.evaluated().items():
         kind = getattr(net, "kind", "classifier")
         if kind != task.model_kind:
@@ -246,7 +264,9 @@ def _place(method: Method, dataset: Any, config: TrainConfig, device: torch.devi
     method.to(device)
     if channels_last:
         method.to(memory_format=torch.channels_last)
-    train, test = task.loaders(dataset, config, device, channels_last=channels_last)
+    # Views only when the method asks for several: a task without them keeps its signature.
+    views = {"views": method.views} if method.views > 1 else {}
+    train, test = task.loaders(dataset, config, device, channels_last=channels_last, **views)
     method.check_batch_size(train.min_batch_size)
     return channels_last, train, test
 

@@ -22,8 +22,14 @@ FIXED_NAMES = [
     "resnet110",
     "resnet8x4",
     "resnet32x4",
+    "mobilenetv1",  # kdlab/models/imagenet.py
+    "inceptionv1",
+    "resnet50",
     "resnet164",  # kdlab/models/preact.py
 ]
+
+# GoogLeNet's four max-pools need an input of 16×16 or more (kdlab/models/imagenet.py).
+MIN_SIZE = {"inceptionv1": 16}
 
 # name -> (stage channels, stage spatial sizes for a 32x32 input)
 EXPECTED_STAGES = {
@@ -62,8 +68,11 @@ def _seed():
 def test_available_models_lists_fixed_names_and_wrn_pattern():
     names = available_models()
     assert names[: len(FIXED_NAMES)] == FIXED_NAMES
-    assert names[-1] == "wrn_<depth>_<width>"
-    assert len(names) == len(FIXED_NAMES) + 1
+    # Then the patterns: the wide ResNets, and the multi-branch families (models/branches.py).
+    assert names[len(FIXED_NAMES) :] == [
+        "wrn_<depth>_<width>", "resnet<depth>_branches<m>", "wrn_<depth>_<width>_branches<m>",
+        "cnn[_small|_tiny]_branches<m>",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("bad", ["resnet21", "wrn", "wrn_16", "wrn_16_0", "ResNet20", ""])
@@ -212,6 +221,7 @@ def test_resnet20_grayscale_8x8():
 @pytest.mark.parametrize("name", FIXED_NAMES + ["wrn_10_4"])
 @pytest.mark.parametrize("size", [8, 28])
 def test_any_input_size_from_8(name, size):
+    size = max(size, MIN_SIZE.get(name, 0))
     model = build_model(name, num_classes=3, in_channels=1).eval()
     with torch.no_grad():
         logits, feats = model(torch.randn(2, 1, size, size), return_features=True)

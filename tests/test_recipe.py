@@ -26,6 +26,12 @@ BUILD = {
     "fitnet": {"teacher": True},
     "fsp": {"teacher": True, "stages": 1},  # the default's first stage has no CE
     "logit_regression": {"teacher": True, "ce_weight": 1.0},  # SNN-MIMIC's default: no CE
+    "kdcl": {"peers": 2},
+    # One multi-branch network: its ``ce`` is the sum of the branches' cross-entropies.
+    "one": {"model": "cnn_tiny_branches3"},
+    "cl_ilr": {"model": "cnn_tiny_branches3"},
+    "okddip": {"model": "resnet8_branches4"},
+    "pcl": {"model": "cnn_tiny_branches3"},
 }
 
 
@@ -59,8 +65,9 @@ def test_every_method_takes_the_recipes_label_smoothing():
     for name, needs in BUILD.items():
         torch.manual_seed(1)
         count = needs.get("peers", 1)
-        nets = {f"n{i}": build_model("cnn_tiny", 10, 1) for i in range(count)}
-        kwargs = {k: v for k, v in needs.items() if k not in ("peers", "teacher")}
+        arch = needs.get("model", "cnn_tiny")
+        nets = {f"n{i}": build_model(arch, 10, 1) for i in range(count)}
+        kwargs = {k: v for k, v in needs.items() if k not in ("peers", "teacher", "model")}
         if needs.get("teacher"):
             kwargs["teacher"] = build_model("cnn_tiny", 10, 1)
         method = kdlab.get_method(name)(nets, **kwargs)
@@ -79,7 +86,9 @@ def test_every_method_takes_the_recipes_label_smoothing():
                 net.train()
                 z = net(x)
                 net.train(was)
-            expected = cross_entropy(z, y, 0.3).item() / cross_entropy(z, y).item()
+            outputs = z.unbind(1) if z.dim() == 3 else [z]  # every branch of a branched network
+            smoothed = sum(cross_entropy(o, y, 0.3).item() for o in outputs)
+            expected = smoothed / sum(cross_entropy(o, y).item() for o in outputs)
             got = ratios[0.3][net_name] / plain
             assert got == pytest.approx(expected, rel=1e-4), (name, net_name)
             assert not math.isclose(expected, 1.0, rel_tol=1e-3)

@@ -25,7 +25,8 @@ from kdlab.precision import Precision
 
 CPU = torch.device("cpu")
 
-# method, networks, parameters: every path with several optimizers (and DML's plain one)
+# method, networks, parameters: every path with several optimizers (and DML's plain one):
+# peers, discriminators, adapters, regressors, a gate, an attention, a head
 PATHS = [
     ("dml", 2, {}),
     ("dml", 3, {"update_order": "alternating"}),
@@ -33,13 +34,21 @@ PATHS = [
     ("tadml", 2, {"topo_k": 4}),
     ("kdml", 2, {}),
     ("kdml", 2, {"styles": "different"}),
+    ("fitnet", 2, {"stages": 1, "beta": 1.0}),  # β = 100 overflows fp16 at the first scale
+    ("one", 1, {}),
+    ("okddip", 1, {}),
+    ("pcl", 1, {}),
+    ("kdcl", 2, {}),
 ]
+BRANCHED = {"one": "cnn_tiny_branches3", "okddip": "cnn_tiny_branches4",
+            "pcl": "cnn_tiny_branches3"}  # fmt: skip
 
 
 def _method(name: str, count: int, params: dict) -> Method:
     kdlab.seed_everything(0)
     cls = kdlab.get_method(name)
-    nets = {f"{cls.role}{i}": kdlab.build_model("cnn_tiny", 10, 1) for i in range(1, count + 1)}
+    arch = BRANCHED.get(name, "cnn_tiny")
+    nets = {f"{cls.role}{i}": kdlab.build_model(arch, 10, 1) for i in range(1, count + 1)}
     kwargs = {"teacher": kdlab.build_model("cnn_tiny", 10, 1)} if cls.teacher_mode else {}
     return cls(nets, **kwargs, **params)
 

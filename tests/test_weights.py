@@ -73,8 +73,23 @@ WEIGHTS = {
         1, {}, {"weight": 1.3, "ce_weight": 0.4},
         {"l2": lambda p: p.weight, "ce": lambda p: p.ce_weight},
     ),
+    # The online family (one multi-branch network, or peers), after the ramp-up (w = 1).
+    "one": (
+        1, {}, {}, {"ce": lambda p: 1.0, "ce_teacher": lambda p: 1.0, "kd": lambda p: 1.0}
+    ),
+    "cl_ilr": (1, {}, {"lam": 0.6}, {"ce": lambda p: 1.0, "kd": lambda p: p.lam}),
+    "okddip": (1, {}, {"alpha": 0.6}, {"ce": lambda p: 1.0, "kd": lambda p: p.alpha}),
+    "kdcl": (2, {}, {"lam": 0.6}, {"ce": lambda p: 1.0, "kd": lambda p: p.lam}),
+    "pcl": (
+        1, {}, {},
+        {"ce": lambda p: 1.0, "ce_teacher": lambda p: 1.0, "kd_teacher": lambda p: 1.0,
+         "kd_mean": lambda p: 1.0},
+    ),
 }  # fmt: skip
 TEACHERS = {"fsp": "cnn_tiny"}  # FSP needs the student's stage widths; others take cnn_small
+# The online family's single network has branches (kdlab.models.branches).
+ARCHS = {"one": "cnn_tiny_branches3", "cl_ilr": "cnn_tiny_branches3",
+         "okddip": "cnn_tiny_branches4", "pcl": "cnn_tiny_branches3"}  # fmt: skip
 # Further settings whose terms differ: the feature styles of KD + ML (students 2, 4… learn the
 # teacher's features through an adapter, and every student its peers' features).
 VARIANTS = {
@@ -101,8 +116,9 @@ def batch(digits):
 def _method(name: str, count: int, fixed: dict, weights: dict):
     kdlab.seed_everything(0)
     cls = kdlab.get_method(name)
-    roles = ["student"] if count == 1 else [f"{cls.role}{i}" for i in range(1, count + 1)]
-    nets = {role: kdlab.build_model("cnn_tiny", 10, 1) for role in roles}
+    one_student = count == 1 and cls.role == "student"
+    roles = ["student"] if one_student else [f"{cls.role}{i}" for i in range(1, count + 1)]
+    nets = {role: kdlab.build_model(ARCHS.get(name, "cnn_tiny"), 10, 1) for role in roles}
     teacher = TEACHERS.get(name, "cnn_small")
     kwargs = {"teacher": kdlab.build_model(teacher, 10, 1)} if cls.teacher_mode else {}
     return cls(nets, **kwargs, **fixed, **weights)

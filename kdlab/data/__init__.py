@@ -11,7 +11,9 @@ the task for its loaders and its evaluation and never branches on a data set's n
 - :mod:`.cifar`: CIFAR-10 and CIFAR-100;
 - :mod:`.download`: what archives share (download, checksum, mirror, cache, atomic write);
 - :mod:`.tinyimagenet`: Tiny-ImageNet in its own format, decoded once into a cache;
-- :mod:`.msi`: MSI vs MSS histology tiles (colorectal, gastric), never downloaded.
+- :mod:`.msi`: MSI vs MSS histology tiles (colorectal, gastric), never downloaded;
+- :mod:`.reid_digits`: an embedded re-identification stand-in (retrieval task);
+- :mod:`.market1501`: Market-1501, person re-identification (a manual download).
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ logging, evaluation, checkpoints. Adding a method = one file in ``kdlab/methods/
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -65,6 +66,46 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
         raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
 
 
+def rampup_weight(epoch: int, length: float = 80.0) -> float:
+    """The sigmoid ramp-up ``w(e) = exp(−5 (1 − min(e − 1, L)/L)²)``, 1 once ``e > L``.
+
+    The consistency ramp-up of the mean-teacher code that ONE (``cifar_one.py``,
+    ``ramps.sigmoid_rampup``) and OKDDip (``train_GL.py``, ``get_current_consistency_weight``)
+    call with their epoch counted from 0; kdlab's epochs count from 1, so epoch ``e`` here is
+    their ``e − 1``: w(1) = e⁻⁵ ≈ 0.0067, w(40) ≈ 0.269, w(80) ≈ 0.9992, w(81) = 1. ``L = 0``
+    switches the ramp off (w = 1 throughout). METHODS.md §11.
+    """
+    if length < 0:
+        raise ValueError(f"rampup must be ≥ 0 epochs, got {length}")
+    if length == 0:
+        return 1.0
+    current = min(max(epoch - 1, 0), length)
+    return math.exp(-5.0 * (1.0 - current / length) ** 2)
+
+
+def as_views(x: Any, count: int) -> list:
+    """``count`` inputs for ``count`` learners: the views the loader gave (a tuple of that
+    many tensors, see :attr:`Method.views`), or one tensor repeated."""
+    if isinstance(x, (list, tuple)):
+        if len(x) != count:
+            raise ValueError(f"got {len(x)} augmented views for {count} learners")
+        return list(x)
+    return [x] * count
+
+
+class Edge(NamedTuple):
+    """One arrow of a method's teaching graph (:meth:`Method.teaching_edges`).
+
+    ``kind``: ``"teaches"`` (the source's detached output is a target of the learner's KL
+    term), ``"builds"`` (the source's output is part of a built teacher; gradient may flow),
+    ``"ema"`` (the target is a temporal mean of the source, updated after each step).
+    """
+
+    source: str
+    target: str
+    kind: str = "teaches"
+
+
 @dataclasses.dataclass
 class NoParams:
     """This method has no parameters of its own."""
@@ -98,6 +139,15 @@ class Method(nn.Module):
     tasks: ClassVar[tuple[str, ...]] = ("classification", "retrieval")
 
     label_smoothing: float = 0.0  # the recipe's ε (TrainConfig.label_smoothing), set by fit
+    # How many augmented views of each training image a step receives (the data set's task
+    # must offer them: ``task.multi_view``). 1: ``x`` is a B×C×H×W tensor. V > 1: ``x`` is a
+    # tuple of V such tensors, the same images in the same order (one ``y``), each cropped and
+    # flipped independently: KDCL's and PCL's per-student augmentation. A method may set it
+    # per instance (it depends on its number of students).
+    views: int = 1
+    # Methods that train multi-branch networks (kdlab.models.branches) say so; the others
+    # refuse one with a one-line error rather than fail on its B×m×C logits.
+    trains_branches: ClassVar[bool] = False
 
     def __init__(self, networks: Mapping[str, nn.Module], **params: Any) -> None:
         super().__init__()
@@ -105,6 +155,12 @@ class Method(nn.Module):
         self.networks = nn.ModuleDict(dict(networks))
         self.frozen = nn.ModuleDict()
         self.auxiliary = nn.ModuleDict()
+        branched = [n for n, net in self.networks.items() if getattr(net, "num_branches", 0)]
+        if branched and not self.trains_branches:
+            raise ValueError(
+                f"method {self.name!r} trains single-output networks; {branched[0]} is a "
+                "multi-branch network (one, cl_ilr, okddip and pcl train those)"
+            )
         if len(self.networks) < self.min_networks:
             raise ValueError(
                 f"method {self.name!r} needs at least {self.min_networks} networks, "
@@ -151,6 +207,17 @@ class Method(nn.Module):
         """The networks whose mean softmax is the reported ensemble (empty: no ensemble)."""
         names = list(self.networks)
         return names if len(names) >= 2 else []
+
+    def teaching_edges(self) -> list[Edge]:
+        """Who learns from whom, as arrows between the names of :meth:`evaluated` (and of
+        built teachers): what :func:`kdlab.plots.teaching_graph` draws. Default: none."""
+        return []
+
+    def cost_forward(self, x: torch.Tensor) -> None:
+        """The forward passes one training step makes for one batch ``x``, without gradient:
+        what :func:`kdlab.cost.method_cost` counts. Default: every network and frozen one."""
+        for net in [*self.frozen.values(), *self.networks.values()]:
+            net(x)
 
     def train(self, mode: bool = True) -> Method:
         super().train(mode)

@@ -7,7 +7,7 @@ import dataclasses
 import torch
 
 from ..losses import mutual_kl
-from .base import Method, check_choice, check_temperature, check_weight, register
+from .base import Edge, Method, check_choice, check_temperature, check_weight, register
 
 UPDATE_ORDERS = ("sync", "alternating")
 
@@ -56,6 +56,10 @@ class DeepMutualLearning(Method):
         check_weight("lam", self.params.lam)
         check_temperature("temperature", self.params.temperature)
         check_choice("update_order", self.params.update_order, UPDATE_ORDERS)
+
+    def teaching_edges(self) -> list[Edge]:
+        """Every peer teaches every other peer (notebook 10's graph)."""
+        return [Edge(a, b) for a in self.networks for b in self.networks if a != b]
 
     def _terms(self, name: str, logits: dict[str, torch.Tensor], y: torch.Tensor) -> dict:
         """``{"ce": CE(y, z_k), "kl": λ · mean_{l≠k} KL(sg p_l^T ‖ p_k^T)}`` of peer ``name``."""

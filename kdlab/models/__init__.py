@@ -20,7 +20,8 @@ this package is imported below, so a new family file registers itself. Each entr
 set's task says which kind it trains (:mod:`kdlab.tasks`).
 
 - :mod:`.cifar`: the CIFAR ResNets, wide ResNets, a MobileNet for 32×32 and small CNNs;
-- :mod:`.preact`: the pre-activation bottleneck ResNet-164.
+- :mod:`.preact`: the pre-activation bottleneck ResNet-164;
+- :mod:`.imagenet`: ImageNet-sized MobileNetV1 (timm), InceptionV1 and ResNet-50 (torchvision).
 """
 
 from __future__ import annotations

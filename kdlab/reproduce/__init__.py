@@ -2,7 +2,9 @@
 
 ``python -m kdlab reproduce GRID --out runs/NAME [--executor local|gpus|slurm]`` (GRID: a YAML
 file, or the name of a grid shipped in ``kdlab/grids/``: ``smoke``, ``digits``,
-``tadml_table5_cifar100``, ``tadml_table7``).
+``tadml_table5_cifar100``, ``tadml_table7``, ``tadml_table7_smoke``, ``niyaz_msi``,
+``niyaz_msi_smoke``, ``tadml_table6_market1501``, ``tadml_table6_smoke``,
+``online_family_cifar100``, ``online_family_digits``, ``online_family_smoke``).
 
 A grid is a list of experiments; every experiment expands into cells, one per dataset ×
 network combination × parameter combination × seed, and each cell is one training. The

@@ -6,8 +6,12 @@
 mAP…), mean ± sample standard deviation over the seeds with n, the best epoch, and the
 published number where the grid matches a published row. The task's other metrics (e.g. AUROC
 and balanced accuracy, ``final_auroc`` in a summary) get columns of their own: ``final_<m>`` in
-``runs.csv``, ``<m>_mean`` and ``<m>_std`` (last epoch) in ``results.csv`` and ``results.md``.
-A grid's ``not_reproduced`` rows close ``results.md``, each with its reason.
+``runs.csv``, ``<m>_mean`` and ``<m>_std`` (last epoch) in ``results.csv`` and ``results.md``
+(retrieval: CMC ``rank1``, ``rank5``, ``rank10`` beside the headline mAP), in the task's order.
+A grid's ``not_reproduced`` rows close ``results.md``, each with its reason. The compute of a
+run's summary (:mod:`kdlab.cost`) gets four columns: ``net_params`` and ``net_macs`` (per image)
+of the network, ``train_params`` and ``train_macs`` of everything the method trains and forwards
+in a step.
 """
 
 from __future__ import annotations
@@ -21,22 +25,34 @@ from ..io import write_text
 from .grid import short
 from .published import published_for
 
+COST_COLUMNS = ["net_params", "net_macs", "train_params", "train_macs"]
 RESULT_COLUMNS = [
     "label", "method", "models", "teacher", "dataset", "params", "settings", "profile",
     "network", "arch", "metric", "n", "seeds", "final_mean", "final_std", "best_mean", "best_std",
     "best_epoch_mean", "epochs", "agree_mean", "published", "published_sources",
+    *COST_COLUMNS,
 ]  # fmt: skip
 RUN_COLUMNS = [
     "label", "group", "method", "models", "dataset", "seed", "network", "arch", "metric", "final",
-    "best", "best_epoch", "epochs", "agree", "run", "executed",
+    "best", "best_epoch", "epochs", "agree", "run", "executed", *COST_COLUMNS,
 ]  # fmt: skip
 EXPLANATION = (
-    "Test top-1 accuracy (%). **final**: the last epoch; **best**: the best epoch, chosen on the "
+    "{what}. **final**: the last epoch; **best**: the best epoch, chosen on the "
     "test split itself (an optimistic number). Mean ± sample standard deviation over the n "
     "seeds (± 0.00 with one seed is no estimate of the noise). **published**: the papers' "
     "numbers for the same method, networks and dataset (METHODS.md; their protocol, not "
-    "measured here)."
+    "measured here). **params · MACs**: the network's parameters and multiply-accumulates per "
+    "image (millions), then those of everything the method trains and forwards in a step."
 )
+
+
+def _what(metrics) -> str:
+    """What the final and best columns hold: the label of each headline metric in the table."""
+    from ..tasks import TASKS
+
+    labels = {cls.metric: cls.metric_label for cls in TASKS.values()}
+    found = [f"Test {labels.get(m, m)}" for m in dict.fromkeys(metrics)]
+    return "; ".join(found) or "Test top-1 accuracy (%)"
 
 
 def markdown_table(frame) -> str:
@@ -77,6 +93,7 @@ def _run_rows(out: Path, record: Mapping) -> list[dict]:
     agreement = [v for k, v in summary.get("agreement", {}).items() if k.startswith("agree/")]
     agree = sum(agreement) / len(agreement) if agreement else None
     metric = summary.get("metric", "acc")
+    cost = summary.get("cost") or {}
     return [
         {**_other_metrics(entry, metric),
          "label": record["label"], "group": record["group"], "method": spec["method"],
@@ -84,9 +101,17 @@ def _run_rows(out: Path, record: Mapping) -> list[dict]:
          "seed": spec["seed"], "network": network, "arch": entry.get("arch", ""),
          "metric": metric, "final": entry[f"final_{metric}"], "best": entry[f"best_{metric}"],
          "best_epoch": entry["best_epoch"], "epochs": summary["epochs"], "agree": agree,
-         "run": record["run"], "executed": record.get("executed") or ""}
+         "run": record["run"], "executed": record.get("executed") or "",
+         **_cost_row(cost, network)}
         for network, entry in summary["networks"].items()
     ]  # fmt: skip
+
+
+def _cost_row(cost: dict, network: str) -> dict:
+    """The cost columns of one network's row (None where the summary has no cost)."""
+    own = (cost.get("networks") or {}).get(network, {})
+    return {"net_params": own.get("params"), "net_macs": own.get("macs"),
+            "train_params": cost.get("params"), "train_macs": cost.get("macs")}  # fmt: skip
 
 
 def _other_metrics(entry: Mapping, metric: str) -> dict[str, float]:
@@ -113,13 +138,20 @@ def _results(runs, specs: Mapping[str, Mapping]):
         best_mean=("best", "mean"), best_std=("best", "std"),
         best_epoch_mean=("best_epoch", "mean"), epochs=("epochs", "first"),
         agree_mean=("agree", "mean"),
+        **{column: (column, "first") for column in COST_COLUMNS},
         **{f"{m}_{how}": (f"final_{m}", how) for m in _extra_columns(runs) for how in ("mean", "std")},
     ).reset_index()  # fmt: skip
     stats[["final_std", "best_std"]] = stats[["final_std", "best_std"]].fillna(0.0)  # n = 1
+    for m in _extra_columns(runs):  # n = 1 gives no std; a network without the metric stays NaN
+        stats[f"{m}_std"] = stats[f"{m}_std"].where(
+            stats[f"{m}_mean"].isna() | (stats["n"] > 1), 0.0
+        )
     rows = []
     for row in stats.to_dict("records"):
         spec = specs[row["group"]]
-        published = _published_for_network(spec, row["dataset"], row["network"], row["arch"])
+        published = _published_for_network(
+            spec, row["dataset"], row["network"], row["arch"], row["metric"]
+        )
         rows.append({
             **row, "method": spec["method"], "models": "+".join(spec["models"]),
             "teacher": spec["teacher"] or "",
@@ -141,7 +173,7 @@ def aggregate(out: str | Path):
     records = _records(out)
     finished = [r for r in records if r.get("status") == "ok"]
     rows = [row for r in finished for row in _run_rows(out, r)]
-    extra = sorted({k for row in rows for k in row if k.startswith("final_")})
+    extra = list(dict.fromkeys(k for row in rows for k in row if k.startswith("final_")))
     runs = pd.DataFrame(rows, columns=RUN_COLUMNS + extra)
     results = _results(runs, {r["group"]: r["spec"] for r in finished})
     write_table(out / "results.csv", results)
@@ -150,15 +182,19 @@ def aggregate(out: str | Path):
     return results, runs
 
 
-def _published_for_network(spec: Mapping, dataset: str | None, network: str, arch: str):
+def _published_for_network(
+    spec: Mapping, dataset: str | None, network: str, arch: str, metric: str = "acc"
+):
     if network == "ensemble":
         return []
     if network == "teacher":  # the teacher trained alone
-        return published_for(dataset, "independent", [arch])[0] if arch else []
+        return published_for(dataset, "independent", [arch], metric=metric)[0] if arch else []
     names = [n for n in ("net", "peer", "student") if network.startswith(n)]
     digits = network[len(names[0]) :] if names else ""
     position = int(digits) - 1 if digits.isdigit() else 0
-    found = published_for(dataset, spec["method"], list(spec["models"]), spec["teacher"])
+    found = published_for(
+        dataset, spec["method"], list(spec["models"]), spec["teacher"], metric=metric
+    )
     return found[position] if position < len(found) else []
 
 
@@ -182,9 +218,19 @@ def _markdown_rows(results) -> list[dict[str, Any]]:
             "best": f"{r['best_mean']:.2f} ± {r['best_std']:.2f}",
             "best epoch": f"{r['best_epoch_mean']:.1f} of {r['epochs']}",
             "published": r["published_sources"] or "–",
+            "params · MACs (M)": _millions(r),
             **{f"final {m}": _mean_std(r, m) for m in others},
         })  # fmt: skip
     return rows
+
+
+def _millions(r) -> str:
+    """``network params · MACs / all params · MACs`` in millions, or – without a cost."""
+    values = [r.get(c) for c in COST_COLUMNS]
+    if any(v is None or v != v for v in values):  # None, or NaN read back from a CSV
+        return "–"
+    own, train = values[:2], values[2:]
+    return " / ".join(" · ".join(f"{v / 1e6:.2f}" for v in pair) for pair in (own, train))
 
 
 def _mean_std(row: Mapping, metric: str) -> str:
@@ -201,9 +247,9 @@ def _write_markdown(out: Path, results, unfinished: Sequence[Mapping]) -> None:
     preamble = [f"# Results: grid {info.get('name', out.name)}", ""]
     if info.get("description"):
         preamble += [info["description"].strip(), ""]
-    preamble.append(EXPLANATION)
+    preamble.append(EXPLANATION.format(what=_what(results["metric"])))
     columns = ["method", "networks", "dataset", "parameters", "network", "n", "final", "best",
-               "best epoch", "published"]  # fmt: skip
+               "best epoch", "published", "params · MACs (M)"]  # fmt: skip
     columns += [f"final {m}" for m in _other_names(results)]
     epilogue = []
     if unfinished:

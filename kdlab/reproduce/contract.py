@@ -4,6 +4,10 @@ A notebook that trains (numbered, with an ``out_dir`` parameter) has a cell tagg
 ``parameters`` that declares
 
 - every name of :data:`CONTRACT`, each defaulting to None ("take the profile's value");
+  the optional recipe settings of :data:`~kdlab.reproduce.grid.OPTIONAL_SETTINGS`
+  (``optimizer``, ``betas``, ``label_smoothing``) only where it uses them (the runner and
+  notebook 08 do): a grid cell that sets one for a notebook without it is refused before
+  anything runs;
 - its networks: ``models`` (a list, one per trained network) or ``student`` (a lone student),
   and ``teacher`` where its method has one;
 - every knob of its main method, named as in the method's ``Params`` and with the same
@@ -34,7 +38,7 @@ from ..methods.base import make_params
 from ..optim import scale_milestones
 from ..profiles import Profile
 from ..profiles import profile as make_profile
-from .grid import RUNNER, SETTINGS, Cell
+from .grid import OPTIONAL_SETTINGS, RUNNER, SETTINGS, Cell
 
 CONTRACT = {
     "PROFILE": "smoke | lab | paper",
@@ -42,7 +46,7 @@ CONTRACT = {
     "run_name": "the main run's folder name under out_dir (a grid sets it)",
     "data_root": "the dataset cache folder (None: kdlab.data.default_root())",
     "seeds": "e.g. [0, 1, 2]",
-    "dataset": "digits, cifar10, cifar100, pathmnist",
+    "dataset": "digits, cifar10, cifar100, pathmnist, reid_digits, market1501",
     **{key: "the training recipe (None: the profile's)" for key in SETTINGS},
 }
 # The notebook whose main run is each method's (a glob in the notebooks folder).
@@ -54,7 +58,8 @@ METHOD_NOTEBOOKS = {
     "kdml": "05_*.ipynb",
 }
 RUN_NAME = "main"  # the run name a grid gives every cell
-RUNNER_PARAMETERS = ("method", "models", "teacher", "params", *CONTRACT)
+# The runner also declares the optional recipe settings (optimizer, betas, label_smoothing).
+RUNNER_PARAMETERS = ("method", "models", "teacher", "params", *CONTRACT, *OPTIONAL_SETTINGS)
 
 
 def method_knobs(method: str) -> dict[str, Any]:
@@ -219,7 +224,7 @@ def runner_notebook() -> Any:
         + "".join(f"{name} = None\n" for name in RUNNER_PARAMETERS)
     )
     parameters.metadata["tags"] = ["parameters"]
-    recipe = ", ".join(f"{k}={k}" for k in ("dataset", *SETTINGS))
+    recipe = ", ".join(f"{k}={k}" for k in ("dataset", *SETTINGS, *OPTIONAL_SETTINGS))
     code = (
         "import os\n\nimport kdlab\nfrom kdlab.reproduce import notebook_run\n\n"
         f"cfg = kdlab.profile(PROFILE, {recipe})\n"

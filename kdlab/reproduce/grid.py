@@ -51,6 +51,10 @@ SETTINGS = (
     "epochs", "batch_size", "lr", "schedule", "milestones", "weight_decay", "precision",
     "train_size",
 )  # fmt: skip
+# Recipe settings a grid may set too, which a notebook need not declare: the runner does, and a
+# cell that sets one for a notebook without it fails before anything runs (re-identification's
+# Adam and label smoothing; their profiles set them already).
+OPTIONAL_SETTINGS = ("optimizer", "betas", "label_smoothing")
 
 
 @dataclasses.dataclass
@@ -350,8 +354,9 @@ def _datasets(here: str, datasets: Any) -> list[str | None]:
 
 def _settings(here: str, prof: str, settings: Mapping) -> dict:
     for key in settings:
-        if key not in SETTINGS:
-            raise _fail(f"{here}: settings", f"unknown key {key!r}; allowed: {', '.join(SETTINGS)}")
+        if key not in SETTINGS + OPTIONAL_SETTINGS:
+            allowed = ", ".join(SETTINGS + OPTIONAL_SETTINGS)
+            raise _fail(f"{here}: settings", f"unknown key {key!r}; allowed: {allowed}")
     try:
         make_profile(prof, **settings).train_config()
     except (TypeError, ValueError) as error:

@@ -4,7 +4,9 @@ One row per published result: ``source``, ``dataset``, ``method``, ``models`` (t
 networks in order, space-separated), ``teacher`` (empty: any or none), ``acc`` (test top-1 in
 percent, one per network, space-separated), ``pair`` (``yes``: the row holds for exactly these
 networks together; ``no``: one network's number whatever its partners, matched by its
-architecture alone) and ``protocol`` (how the paper trained, in words).
+architecture alone), ``protocol`` (how the paper trained, in words) and ``metric`` (what the
+``acc`` column holds: the task's headline metric, ``acc`` for top-1 accuracy, ``map`` for
+mAP; a row without it, ending at ``protocol``, is ``acc``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def _read(path: Path = TABLE) -> list[dict[str, Any]]:
                 "acc": tuple(float(a) for a in row["acc"].split()),
                 "pair": row["pair"] == "yes",
                 "protocol": row["protocol"],
+                "metric": row.get("metric") or "acc",
             }
             for row in csv.DictReader(f)
         ]
@@ -38,13 +41,17 @@ PUBLISHED: list[dict[str, Any]] = _read()
 
 
 def published_for(
-    dataset: str | None, method: str, models: Sequence[str], teacher: str | None = None
+    dataset: str | None,
+    method: str,
+    models: Sequence[str],
+    teacher: str | None = None,
+    metric: str = "acc",
 ) -> list[list[tuple[float, str]]]:
-    """The published numbers for every trained network of a cell: one list per network of
-    ``(accuracy, source)`` pairs (empty where nothing published matches)."""
+    """The published numbers of ``metric`` for every trained network of a cell: one list per
+    network of ``(value, source)`` pairs (empty where nothing published matches)."""
     found: list[list[tuple[float, str]]] = [[] for _ in models]
     for row in PUBLISHED:
-        if row["dataset"] != dataset or row["method"] != method:
+        if row["dataset"] != dataset or row["method"] != method or row["metric"] != metric:
             continue
         if row["teacher"] is not None and row["teacher"] != teacher:
             continue

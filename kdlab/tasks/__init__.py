@@ -6,7 +6,9 @@ the task for its loaders and its evaluation and never branches on a data set's n
 - ``train, test = task.loaders(dataset, config, device, channels_last=…)``: ``train`` yields the
   ``(x, y)`` batches a method's ``training_step(x, y, update, …)`` receives (it has ``len()``,
   ``min_batch_size`` and ``state_dict()`` / ``load_state_dict()`` for checkpoints); ``test`` is
-  whatever ``evaluate`` reads.
+  whatever ``evaluate`` reads. A task with ``multi_view = True`` also takes ``views=V`` (the
+  loop passes it only when the method asks for V > 1, :attr:`kdlab.Method.views`): its train
+  batches then hold a tuple of V independently augmented views of the same images.
 - ``task.evaluate(networks, test, ensemble)``: the record of one epoch's test metrics, keyed
   ``<metric>/<network>`` (and ``<metric>/ensemble`` for the members named in ``ensemble``), in
   float32 and without building a graph.
@@ -15,11 +17,18 @@ the task for its loaders and its evaluation and never branches on a data set's n
   ``best_<metric>``) and the grids' tables report it; ``task.metrics`` are every per-network
   metric the summary keeps the last value of.
 - ``task.model_kind``: the kind of network the task trains (:func:`kdlab.models.model_kind`).
+- Pairwise records: ``agree/<a>-<b>`` is the peers' agreement in percent *as the task defines
+  it* (classification: the same top-1 prediction; retrieval: the overlap of their top-10
+  retrieved lists), so a run summary's ``agreement`` and the grids' tables read every task's
+  under one key; a task may add pairwise metrics of its own (classification's ``js/<a>-<b>``).
 
 Methods whose terms are on logits and features stay task-blind (DML on identity logits is DML);
 a method says which tasks it trains in ``Method.tasks``.
 
 - :mod:`.classification`: top-1 accuracy, the ensemble (mean softmax), agreement and JS.
+- :mod:`.retrieval`: person re-identification, trained on identity labels and scored by mAP
+  and CMC on the embedding before the classifier (Market-1501's protocol), the ensemble
+  (concatenated normalised embeddings) and the overlap of the peers' top-10 lists.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ class Task:
     metric_label: ClassVar[str] = "top-1 accuracy (%)"
     model_kind: ClassVar[str] = "classifier"
     channels_last: ClassVar[bool] = True  # batches are 4-D image tensors that may go NHWC
+    multi_view: ClassVar[bool] = False  # loaders(…, views=V) gives V augmented views per image
 
     @property
     def metrics(self) -> tuple[str, ...]:

@@ -37,12 +37,14 @@ __all__ = ["Classification", "evaluate"]
 @register_task
 class Classification(Task):
     """Image classification: batches of images and labels from the device-resident loader
-    (:class:`kdlab.data.DeviceLoader`: random crop and flip on the device), scored by top-1
-    accuracy (:func:`evaluate`)."""
+    (:class:`kdlab.data.DeviceLoader`: random crop and flip on the device; ``views`` > 1
+    independently augmented views per image where the method asks), scored by top-1 accuracy
+    (:func:`evaluate`)."""
 
     name = "classification"
     metric = "acc"
     metric_label = "top-1 accuracy (%)"
+    multi_view = True
 
     def __init__(self, extra_metrics: Sequence[str] = (), positive: int = 1) -> None:
         """``extra_metrics``: any of ``auroc`` and ``balanced_acc``, reported besides accuracy
@@ -66,12 +68,13 @@ class Classification(Task):
             return "Classification()"
         return f"Classification(extra_metrics={self.extra_metrics!r}, positive={self.positive})"
 
-    def loaders(self, dataset, config, device, *, channels_last: bool = False):
+    def loaders(self, dataset, config, device, *, channels_last: bool = False, views: int = 1):
         from ..data import DeviceLoader
 
         train = DeviceLoader.train(
-            dataset, config.batch_size, device, seed=config.seed, channels_last=channels_last
-        )
+            dataset, config.batch_size, device, seed=config.seed, channels_last=channels_last,
+            views=views,
+        )  # fmt: skip
         test = DeviceLoader.test(
             dataset, config.eval_batch_size, device, channels_last=channels_last
         )
