@@ -46,12 +46,17 @@ def rates(config: kdlab.TrainConfig, milestones: list[int] | None = None) -> lis
     return seen
 
 
-def rates_before(config: kdlab.TrainConfig) -> list[float]:
-    """The schedule the same settings had before: DML's milestones (60, 120, 180), the only
-    ones any shipped profile, grid or notebook used, read as epochs of 200 and scaled."""
+# The milestones each shipped grid gave before they became epochs of the run (read then as
+# epochs of 200 and scaled). A grid not named here gave none: DML's (60, 120, 180) applied.
+GIVEN_BEFORE = {"online_family_cifar100": (100, 150)}  # now [150, 225] for its 300 epochs
+
+
+def rates_before(config: kdlab.TrainConfig, given=(60, 120, 180)) -> list[float]:
+    """The schedule the same settings had before: the milestones given (DML's, where none
+    were), read as epochs of 200 and scaled to the run."""
     if config.schedule != "step":
         return rates(config)
-    scaled = sorted({max(1, round(m * config.epochs / 200)) for m in (60, 120, 180)})
+    scaled = sorted({max(1, round(m * config.epochs / 200)) for m in given})
     return rates(config, scaled)
 
 
@@ -167,11 +172,15 @@ def test_every_shipped_grid_keeps_the_schedule_it_had(grid):
     cells = load_grid(grid).cells
     assert cells
     for cell in cells:
-        config = settings_profile(cell).train_config(seed=cell.seed)
-        assert rates(config) == rates_before(config), cell.name
-        step = dataclasses.replace(settings_profile(cell), schedule="step")
-        config = step.train_config(seed=cell.seed)
-        assert rates(config) == rates_before(config), cell.name
+        config = settings_profile(cell).train_config(seed=cell.seed)  # valid: no error
+        if "milestones" in cell.settings and grid.stem not in GIVEN_BEFORE:
+            continue  # a grid written since: its milestones are epochs of its run
+        given = GIVEN_BEFORE.get(grid.stem, (60, 120, 180))
+        assert rates(config) == rates_before(config, given), cell.name
+        if "milestones" not in cell.settings:  # DML's, under a step schedule too
+            step = dataclasses.replace(settings_profile(cell), schedule="step")
+            config = step.train_config(seed=cell.seed)
+            assert rates(config) == rates_before(config), cell.name
 
 
 def _cell_source(nb: dict, tag: str | None = None, contains: str | None = None) -> str:
