@@ -10,7 +10,7 @@ SUDO := $(if $(filter 0,$(USER_ID)),,sudo)
 # JupyterLab refuses to start as root without --allow-root; root is normal in containers.
 LAB_FLAGS := $(if $(filter 0,$(USER_ID)),--allow-root)
 
-.PHONY: demo test test-unit test-notebooks test-browser test-slurm lint lab bench clean
+.PHONY: demo test test-unit test-notebooks test-browser test-slurm lint lab bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,12 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m kdlab bench
+
+# The one-shot GPU check (kdlab/gpucheck.py) for a bare, offline GPU machine: no venv, no install,
+# the checkout on the path; under 8 minutes on one GPU. OUT=folder for the report (default
+# runs/gpu-check); DEVICE=cpu for its dry run on the CPU (a few minutes).
+gpu-check:
+	PYTHONPATH=. $(PYTHON) -m kdlab.gpucheck --out $(or $(OUT),runs/gpu-check) $(if $(DEVICE),--device $(DEVICE))
 
 clean:
 	rm -rf runs .pytest_cache

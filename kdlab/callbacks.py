@@ -116,10 +116,18 @@ class ProgressBar(LoopCallback):
 
 
 class RunFolder(LoopCallback):
-    """The run's folder: ``config.json`` (at once), ``metrics.jsonl`` (one line per epoch, always
-    equal to the history: a resumed run drops unfinished epochs), ``checkpoint.pt`` (after every
-    epoch), and at the end ``summary.json`` and ``networks/<name>.pt`` for every network with an
-    architecture name."""
+    """The run's folder: ``config.json`` (at once), ``checkpoint.pt`` and ``metrics.jsonl`` (one
+    line per epoch, always equal to the history: a resumed run drops unfinished epochs) after
+    every epoch, and at the end ``networks/<name>.pt`` for every network with an architecture
+    name, then ``summary.json``.
+
+    Cut at any point, the folder holds the old state or the new one, never half of one that a
+    later load takes for whole: every file is written atomically (:mod:`kdlab.io`); after an
+    epoch the checkpoint is written first (``metrics.jsonl`` is rewritten from its history on
+    resume); ``summary.json``, which marks a run finished, comes last; and a folder that held
+    another run was cleared by :func:`kdlab.runfolder.claim` (``overwrite``) before this one
+    began, its ``summary.json`` first (:func:`kdlab.runfolder.clear`).
+    """
 
     def __init__(
         self,
@@ -157,16 +165,16 @@ class RunFolder(LoopCallback):
 
     def __call__(self, record: dict, history: list[dict]) -> None:
         # The checkpoint first: an interruption between the two leaves metrics.jsonl an epoch
-        # short, which the resumed run rewrites from the checkpoint's history (start).
+        # short, which the resumed run rewrites from the checkpoint's history (start); and
+        # metrics.jsonl is written whole (atomically), never half a line.
         self.state.save(self.checkpoint, history)
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.start(history)
 
     def end(self, run: Any) -> None:
         if not run.history:
             return
-        write_json(self.out / "summary.json", run.summary)
         for name, net in run.method.evaluated().items():
             if name in self.archs:
                 path = self.out / "networks" / f"{name}.pt"
                 save_network(path, net, self.archs[name], self.dataset)
+        write_json(self.out / "summary.json", run.summary)

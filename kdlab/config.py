@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from .optim import check_milestones
 from .precision import PRECISIONS
 
 __all__ = ["TrainConfig", "OPTIMIZERS"]
@@ -17,7 +18,13 @@ OPTIMIZERS = ("sgd", "adam")
 
 @dataclasses.dataclass
 class TrainConfig:
-    """The optimisation recipe; the defaults are DML's CIFAR-100 recipe (METHODS.md §3)."""
+    """The optimisation recipe; the defaults are DML's CIFAR-100 recipe (METHODS.md §3).
+
+    ``milestones`` are epochs of this run, taken as given (the rate drops after each): with
+    ``schedule="step"`` every one must lie below ``epochs``, else ValueError naming it. The
+    default (60, 120, 180) is for the default 200 epochs; a shorter step-schedule run gives
+    its own (:func:`kdlab.optim.scale_milestones` moves a recipe's).
+    """
 
     epochs: int = 200
     batch_size: int = 64
@@ -29,7 +36,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0  # ε of every method's cross-entropy with the label
     schedule: str = "step"  # "step" (÷10 at milestones), "cosine" or "constant"
-    milestones: tuple[int, ...] = (60, 120, 180)  # epochs; scaled when epochs ≠ 200
+    milestones: tuple[int, ...] = (60, 120, 180)  # epochs of this run, as given (kdlab.optim)
     gamma: float = 0.1
     seed: int = 0
     device: str = "auto"  # "auto" = cuda, else mps, else cpu
@@ -64,4 +71,7 @@ class TrainConfig:
             )
         if self.fused not in ("auto", True, False):
             raise ValueError(f"fused must be 'auto', True or False, got {self.fused!r}")
+        self.milestones = tuple(self.milestones)
+        if self.schedule == "step":
+            check_milestones(self.milestones, self.epochs)
         self.milestones = tuple(int(m) for m in self.milestones)

@@ -10,6 +10,9 @@
 - ``paper``: the published schedule of METHODS.md §3 (CIFAR-100, 200 epochs, lr 0.1 ÷10 at 60,
   120, 180, batch 64, three seeds), for a GPU.
 
+A profile that shrinks a recipe scales its milestones itself (:meth:`Profile.milestones_for`):
+a :class:`~kdlab.train.TrainConfig` takes its milestones as given.
+
 Each task has its own three (:data:`TASK_PROFILES`): person re-identification (``retrieval``)
 runs the smoke and lab profiles on the embedded ``reid_digits`` set and the paper profile on
 Market-1501 with DML's own recipe (METHODS.md §9).
@@ -32,6 +35,7 @@ from typing import Any
 from .config import TrainConfig
 from .data import DatasetNotFoundError, ImageDataset, load_dataset
 from .messages import say
+from .optim import scale_milestones
 from .train import pick_device
 
 __all__ = ["Profile", "PROFILES", "TASK_PROFILES", "profile", "profile_name"]
@@ -54,7 +58,7 @@ class Profile:
     fallback_dataset: str | None = None  # used when ``dataset`` is absent and offline
     fallback: dict[str, Any] = dataclasses.field(default_factory=dict)
     weight_decay: float = 5e-4
-    milestones: tuple[int, ...] | None = None  # None: TrainConfig's, scaled to the epochs
+    milestones: tuple[int, ...] | None = None  # epochs of a run of ``epochs``; None: DML's
     precision: str = "auto"  # "auto", "fp32", "bf16", "fp16"
     overridden: tuple[str, ...] = ()  # fields set explicitly: a fallback leaves them alone
     needs_gpu: bool = False  # without a GPU, take the fallback rather than train for hours
@@ -62,10 +66,31 @@ class Profile:
     betas: tuple[float, ...] = (0.9, 0.999)  # Adam's (β1, β2)
     label_smoothing: float = 0.0  # ε of every method's cross-entropy with the label
 
+    def milestones_for(self, epochs: int) -> tuple[int, ...]:
+        """The step schedule's milestones for a run of ``epochs`` epochs of this profile.
+
+        ``milestones`` are epochs of a run of the profile's ``epochs``, as given when the run
+        has that length; ``None`` is DML's recipe, ÷10 after epochs 60, 120 and 180 of 200
+        (METHODS.md §3). A run of another length gets them scaled explicitly
+        (:func:`kdlab.optim.scale_milestones`): e.g. ``(9, 18, 27)`` for 30 epochs of DML's.
+        """
+        if self.milestones is None:
+            recipe = TrainConfig()  # DML's recipe: its milestones are for its 200 epochs
+            return scale_milestones(recipe.milestones, recipe.epochs, epochs)
+        return scale_milestones(tuple(self.milestones), self.epochs, epochs)
+
     def train_config(self, seed: int = 0, **overrides: Any) -> TrainConfig:
-        """The :class:`~kdlab.train.TrainConfig` of this profile for one seed."""
+        """The :class:`~kdlab.train.TrainConfig` of this profile for one seed.
+
+        ``overrides`` are TrainConfig fields; given ``epochs`` without ``milestones`` (a
+        widget's shorter run), the milestones are :meth:`milestones_for` those epochs. Under
+        another schedule than ``step`` the milestones are read by nothing, and DML's are
+        left as TrainConfig's default unless the profile names its own.
+        """
+        epochs = overrides.get("epochs", self.epochs)
+        schedule = overrides.get("schedule", self.schedule)
         values = dict(
-            epochs=self.epochs,
+            epochs=epochs,
             batch_size=self.batch_size,
             lr=self.lr,
             schedule=self.schedule,
@@ -76,8 +101,8 @@ class Profile:
             label_smoothing=self.label_smoothing,
             seed=seed,
         )
-        if self.milestones is not None:
-            values["milestones"] = tuple(self.milestones)
+        if schedule == "step" or self.milestones is not None:
+            values["milestones"] = self.milestones_for(epochs)
         values.update(overrides)
         return TrainConfig(**values)
 

@@ -124,7 +124,14 @@ def _check_location(out: Path, overwrite: bool) -> None:
 
 
 def clear(out: Path) -> None:
-    """Delete everything in the folder ``out`` (the folder itself stays)."""
+    """Delete everything in the folder ``out`` (the folder itself stays).
+
+    Every ``summary.json`` in it (the run's, its teacher's), the mark of a finished run, goes
+    first: a clear cut half-way leaves runs that read as unfinished, never one that reads as
+    finished with part of its files gone.
+    """
+    for mark in sorted(out.rglob("summary.json")):
+        mark.unlink()
     for child in out.iterdir():
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)

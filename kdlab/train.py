@@ -40,7 +40,13 @@ from .messages import say
 from .methods import METHODS, Method, get_method
 from .models import available_models, build_model, model_kind
 from .optim import build_optimizers
-from .precision import Precision, cpu_has_amx, pick_precision, precision_name
+from .precision import (
+    Precision,
+    cpu_has_amx,
+    cpu_has_native_bf16,
+    pick_precision,
+    precision_name,
+)
 from .runfolder import claim
 
 __all__ = [
@@ -54,6 +60,7 @@ __all__ = [
     "pick_precision",
     "precision_name",
     "cpu_has_amx",
+    "cpu_has_native_bf16",
     "save_network",
     "load_network",
     "NonFiniteLossError",

@@ -1,9 +1,14 @@
 """Named mutations: plant one known bug at a time in a copy of kdlab and check a test catches it.
 
-Each mutation is an exact source substitution in ``kdlab/`` (the bugs of issue 15: plausible
-slips in the losses, the methods and the metrics; those of issue 22: figures that misstate their
-runs, documents that drift from the code). For each one the script copies ``kdlab/``,
-``tests/``, ``notebooks/``, ``README.md`` and ``pyproject.toml`` to a throwaway folder, applies the substitution there, and runs
+Each mutation is an exact source substitution in ``kdlab/``: the plausible slips of issue 15 in
+the losses, the methods and the metrics; the kinds of issue 23 that no test saw before (a
+weight applied to another term, a correlation or standardisation on the wrong quantity or
+detached, the gradient scaler updated more than once a batch, gradients never zeroed, run state
+not restored on resume, evaluation that trains or builds a graph, file operations that a cut
+leaves half done, milestones moved, ``auto`` precision blind to a CPU's bf16); those of issue 22:
+figures that misstate their runs, documents that drift from the code. For each one the script
+copies ``kdlab/``, ``tests/``, ``notebooks/``, ``README.md`` and ``pyproject.toml`` to a
+throwaway folder, applies the substitution there, and runs
 only the test files that concern it, with the copy first on ``PYTHONPATH``. A failing test run
 *kills* the mutation; a passing one lets it *survive*. A target text that is not found exactly
 once is an *error* (the code has moved: update the mutation), and so is a test run that cannot
@@ -45,6 +50,16 @@ DOCUMENT_TESTS = ("tests/test_documents.py",)
 FOLDER_TESTS = ("tests/test_run_folders.py",)
 COMMAND_TESTS = ("tests/test_newcomer_commands.py",)
 METRIC_TESTS = ("tests/test_metrics.py", "tests/test_kdml.py")
+EPOCH = "kdlab/epoch.py"
+OPTIM = "kdlab/optim.py"
+CHECKPOINT = "kdlab/checkpoint.py"
+CALLBACKS = "kdlab/callbacks.py"
+WEIGHT_TESTS = ("tests/test_weights.py",)
+SCHEDULE_TESTS = ("tests/test_schedule.py",)
+SCALER_TESTS = ("tests/test_scaler.py",)
+RESUME_TESTS = ("tests/test_resume_state.py", "tests/test_resume.py")
+EVALUATE_TESTS = ("tests/test_evaluate.py",)
+ATOMIC_TESTS = ("tests/test_atomic.py",)
 ONLINE = "kdlab/methods/{}.py"
 ONLINE_TESTS = ("tests/test_online_family.py",)
 BRANCH_TESTS = ("tests/test_branches.py",)
@@ -778,6 +793,287 @@ MUTATIONS = [
         "[width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]]",
         "[width - boxes[:, 0], boxes[:, 1], width - boxes[:, 2], boxes[:, 3]]",
         ("tests/test_detection_data.py",),
+    ),
+    # -- issue 23: weights on the wrong term --------------------------------------------------------
+    Mutation(
+        "dist-weights-swapped",
+        "DIST's β weights the intra-class term and γ the inter-class one",
+        "kdlab/methods/dist.py",
+        '"inter": p.beta * inter,\n            "intra": p.gamma * intra,',
+        '"inter": p.gamma * inter,\n            "intra": p.beta * intra,',
+        WEIGHT_TESTS,
+    ),
+    Mutation(
+        "dkd-weights-swapped",
+        "DKD's α weights NCKD and β TCKD",
+        "kdlab/methods/dkd.py",
+        '"tckd": warm * p.alpha * tckd,\n            "nckd": warm * p.beta * nckd,',
+        '"tckd": warm * p.beta * tckd,\n            "nckd": warm * p.alpha * nckd,',
+        WEIGHT_TESTS,
+    ),
+    Mutation(
+        "kd-ls-weights-swapped",
+        "KD with standardised logits: the KD weight on the CE and the CE weight on KD",
+        "kdlab/methods/logit_std.py",
+        '"ce": p.ce_weight * self.ce(logits, y),\n            "kd": p.kd_weight *',
+        '"ce": p.kd_weight * self.ce(logits, y),\n            "kd": p.ce_weight *',
+        WEIGHT_TESTS,
+    ),
+    Mutation(
+        "kdml-alpha-on-peers",
+        "KD + ML's peer term weighted by α (the teacher's weight) instead of β",
+        "kdlab/methods/kdml.py",
+        'own["ml"] = p.beta * sum(',
+        'own["ml"] = p.alpha * sum(',
+        WEIGHT_TESTS,
+    ),
+    Mutation(
+        "adml-lam-adv-on-divergence",
+        "ADML's divergence weighted by λ_adv instead of λ_div",
+        ADML,
+        '"div": p.lam_div * peer_mean(divergence)',
+        '"div": p.lam_adv * peer_mean(divergence)',
+        WEIGHT_TESTS,
+    ),
+    # -- issue 23: correlations and standardisation ---------------------------------------------------
+    Mutation(
+        "dist-intra-on-logits",
+        "DIST's intra-class correlation computed on the logits, not the probabilities",
+        LOSSES,
+        "intra = 1 - pearson_correlation(p_s.T, p_t.T).mean()",
+        "intra = 1 - pearson_correlation(student_logits.float().T, "
+        "teacher_logits.detach().float().T).mean()",
+        ("tests/test_invariances.py",),
+    ),
+    Mutation(
+        "dist-inter-on-logits",
+        "DIST's inter-class correlation computed on the logits, not the probabilities",
+        LOSSES,
+        "inter = 1 - pearson_correlation(p_s, p_t).mean()",
+        "inter = 1 - pearson_correlation(student_logits.float(), "
+        "teacher_logits.detach().float()).mean()",
+        ("tests/test_invariances.py",),
+    ),
+    Mutation(
+        "standardise-mean-detached",
+        "the standardisation's mean detached (no gradient through it)",
+        LOSSES,
+        "(z - z.mean(dim=1, keepdim=True))",
+        "(z - z.mean(dim=1, keepdim=True).detach())",
+        ("tests/test_invariances.py",),
+    ),
+    Mutation(
+        "standardise-std-detached",
+        "the standardisation's standard deviation detached (no gradient through it)",
+        LOSSES,
+        "(z.std(dim=1, keepdim=True) + eps)",
+        "(z.std(dim=1, keepdim=True).detach() + eps)",
+        ("tests/test_invariances.py",),
+    ),
+    Mutation(
+        "kd-teacher-not-detached",
+        "the KL's target (the teacher, the peer) not detached: gradient flows into it",
+        LOSSES,
+        "target = F.softmax(target_logits.detach().float() / temperature, dim=1)",
+        "target = F.softmax(target_logits.float() / temperature, dim=1)",
+        ("tests/test_losses.py",),
+    ),
+    Mutation(
+        "mutual-kl-reversed",
+        "DML's mimicry term KL(p ‖ sg p_peer) instead of KL(sg p_peer ‖ p)",
+        LOSSES,
+        "return kl_divergence(peer_logits, logits, temperature)",
+        "return kl_divergence(logits.detach(), peer_logits, temperature)",
+        ("tests/test_losses.py", "tests/test_losses_mutual.py"),
+    ),
+    # -- issue 23: the loop's update ----------------------------------------------------------------
+    Mutation(
+        "scaler-update-per-call",
+        "the gradient scaler updated after every update() call (twice a batch for ADML)",
+        EPOCH,
+        "            self.pending.add(id(optimizer))\n\n    def end_batch",
+        "            self.pending.add(id(optimizer))\n        self.end_batch()\n\n    def end_batch",
+        SCALER_TESTS,
+    ),
+    Mutation(
+        "scaler-update-per-optimizer",
+        "scaler.update() inside the per-optimizer loop",
+        EPOCH,
+        "            self.pending.add(id(optimizer))\n",
+        "            self.pending.add(id(optimizer))\n            self.end_batch()\n",
+        SCALER_TESTS,
+    ),
+    Mutation(
+        "scaler-never-updated",
+        "the loop never updates the gradient scaler",
+        EPOCH,
+        "        update.end_batch()\n",
+        "",
+        SCALER_TESTS,
+    ),
+    Mutation(
+        "also-step-not-zeroed",
+        "the gradients of also_step modules (kdml's adapters) never zeroed",
+        EPOCH,
+        "        for optimizer in stepped:\n            optimizer.zero_grad(set_to_none=True)",
+        "        for optimizer in stepped[: len(terms)]:\n            optimizer.zero_grad(set_to_none=True)",
+        ("tests/test_loop_contract.py",),
+    ),
+    # -- issue 23: the schedule -----------------------------------------------------------------------
+    Mutation(
+        "milestones-rescaled",
+        "milestones read as epochs of 200 and rescaled to the run (mdistiller's recipe moved)",
+        OPTIM,
+        "milestones = list(config.milestones)",
+        "milestones = sorted({max(1, round(m * config.epochs / 200)) for m in config.milestones})",
+        SCHEDULE_TESTS,
+    ),
+    Mutation(
+        "milestone-at-last-epoch-allowed",
+        "a milestone at the last epoch accepted (it never acts)",
+        OPTIM,
+        "        if m >= epochs:",
+        "        if m > epochs:",
+        SCHEDULE_TESTS,
+    ),
+    Mutation(
+        "profile-milestones-unscaled",
+        "a profile that shrinks DML's recipe keeps its 200-epoch milestones",
+        "kdlab/profiles.py",
+        "return scale_milestones(recipe.milestones, recipe.epochs, epochs)",
+        "return recipe.milestones",
+        SCHEDULE_TESTS,
+    ),
+    Mutation(
+        "teacher-epochs-milestones-kept",
+        "a teacher trained for --teacher-epochs keeps the student's milestones",
+        "kdlab/reproduce/contract.py",
+        "moved = scale_milestones(config.milestones, config.epochs, teacher_epochs)",
+        "moved = config.milestones",
+        SCHEDULE_TESTS,
+    ),
+    # -- issue 23: resume --------------------------------------------------------------------------
+    Mutation(
+        "resume-rng-not-restored",
+        "the random-number state not restored on resume",
+        CHECKPOINT,
+        'torch.set_rng_state(state["rng_cpu"].cpu())',
+        'state["rng_cpu"].cpu()',
+        RESUME_TESTS,
+    ),
+    Mutation(
+        "resume-scaler-not-restored",
+        "the gradient scaler not restored on resume",
+        CHECKPOINT,
+        'self.scaler.load_state_dict(state["scaler"])',
+        'state["scaler"]',
+        RESUME_TESTS,
+    ),
+    Mutation(
+        "resume-loader-not-restored",
+        "the loader's shuffling and augmentation state not restored on resume",
+        CHECKPOINT,
+        'self.loader.load_state_dict(state["loader"])',
+        'state["loader"]',
+        RESUME_TESTS,
+    ),
+    # -- issue 23: evaluation ----------------------------------------------------------------------
+    Mutation(
+        "evaluate-in-train-mode",
+        "evaluation with the networks left in train mode",
+        CLASSIFICATION,
+        "    for net in networks.values():\n        net.eval()",
+        "    for net in networks.values():\n        net.train()",
+        EVALUATE_TESTS,
+    ),
+    Mutation(
+        "evaluate-builds-a-graph",
+        "evaluation with gradients on (a graph built for every test batch)",
+        CLASSIFICATION,
+        "@torch.no_grad()\ndef evaluate(",
+        "def evaluate(",
+        EVALUATE_TESTS,
+    ),
+    Mutation(
+        "evaluate-modes-not-restored",
+        "evaluation leaves every network in eval mode",
+        CLASSIFICATION,
+        "        net.train(modes[name])",
+        "        net.eval()",
+        EVALUATE_TESTS,
+    ),
+    # -- issue 23: file operations cut half-way ------------------------------------------------------
+    Mutation(
+        "write-in-place",
+        "files written in place, not to a temporary file renamed over the target",
+        "kdlab/io.py",
+        "        write(tmp)\n        os.replace(tmp, path)",
+        "        write(path)\n        return path",
+        ATOMIC_TESTS,
+    ),
+    Mutation(
+        "clear-summary-not-first",
+        "overwrite clears a run folder in any order: a cut leaves a finished-looking run",
+        "kdlab/runfolder.py",
+        '    for mark in sorted(out.rglob("summary.json")):\n        mark.unlink()\n',
+        "",
+        ATOMIC_TESTS,
+    ),
+    Mutation(
+        "metrics-before-checkpoint",
+        "metrics.jsonl written before the checkpoint: a cut puts it an epoch ahead",
+        CALLBACKS,
+        "        self.state.save(self.checkpoint, history)\n        self.start(history)",
+        "        self.start(history)\n        self.state.save(self.checkpoint, history)",
+        ATOMIC_TESTS,
+    ),
+    Mutation(
+        "summary-before-networks",
+        "summary.json (the mark of a finished run) written before the networks",
+        CALLBACKS,
+        "                save_network(path, net, self.archs[name], self.dataset)\n"
+        '        write_json(self.out / "summary.json", run.summary)',
+        '                write_json(self.out / "summary.json", run.summary)\n'
+        "                save_network(path, net, self.archs[name], self.dataset)",
+        ATOMIC_TESTS,
+    ),
+    Mutation(
+        "archive-extract-in-place",
+        "an archive (CIFAR, Tiny-ImageNet) extracted straight into the data folder (a cut leaves "
+        "half a data set)",
+        "kdlab/data/download.py",
+        'with tempfile.TemporaryDirectory(dir=root, prefix=f".{folder}.") as tmp:',
+        'with __import__("contextlib").nullcontext(str(root)) as tmp:',
+        ("tests/test_cifar.py",),
+    ),
+    Mutation(
+        "archive-download-in-place",
+        "an archive (CIFAR, Tiny-ImageNet) downloaded straight to its name (a cut leaves half of "
+        "it)",
+        "kdlab/data/download.py",
+        "            good = atomic_write(\n"
+        "                root / archive.file, lambda tmp: _download(url, tmp, archive.md5, progress)\n"
+        "            )",
+        "            _download(url, root / archive.file, archive.md5, progress)\n"
+        "            good = root / archive.file",
+        ("tests/test_cifar.py",),
+    ),
+    Mutation(
+        "pathmnist-download-in-place",
+        "PathMNIST downloaded in place (a cut leaves half an .npz the next load reads)",
+        "kdlab/data/small.py",
+        'medmnist.PathMNIST(split="test", download=True, root=tmp)',
+        'medmnist.PathMNIST(split="test", download=True, root=str(root))',
+        ("tests/test_pathmnist.py",),
+    ),
+    # -- issue 23: precision -------------------------------------------------------------------------
+    Mutation(
+        "auto-bf16-amx-only",
+        "precision='auto' picks bf16 on CPUs with AMX only, not with AVX512-BF16",
+        "kdlab/precision.py",
+        'return cpu_has_amx() or _cpu_probe("_is_avx512_bf16_supported")',
+        "return cpu_has_amx()",
+        ("tests/test_train.py",),
     ),
 ]
 

@@ -228,3 +228,44 @@ def test_the_real_checksums_are_torchvisions():
     # The values torchvision's CIFAR10/CIFAR100 check (tgz_md5).
     assert cifar.CIFAR["cifar10"]["md5"] == "c58f30108f718f92721af3b95e74349a"
     assert cifar.CIFAR["cifar100"]["md5"] == "eb9058c3a382ffc7106e4002c42a8d85"
+
+
+# --------------------------------------------------------------------------- cut half-way
+
+
+class Cut(KeyboardInterrupt):
+    """An interruption planted by a test (a user's Ctrl-C, a kill)."""
+
+
+def test_a_download_cut_half_way_leaves_no_archive(server, tmp_path, monkeypatch):
+    real = download._download
+
+    def half_then_cut(url, path, md5, progress):
+        real(url, path, md5, progress)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        raise Cut
+
+    monkeypatch.setattr(download, "_download", half_then_cut)
+    with pytest.raises(Cut):
+        load_dataset("cifar10", root=tmp_path)
+    assert _files(tmp_path) == []  # the old state: nothing
+    monkeypatch.setattr(download, "_download", real)
+    assert load_dataset("cifar10", root=tmp_path).train_labels.tolist() == list(range(10))
+
+
+def test_an_extraction_cut_half_way_leaves_no_dataset_folder(server, tmp_path, monkeypatch):
+    (tmp_path / NAMES["cifar10"]).write_bytes(ARCHIVES["cifar10"])
+    real = tarfile.TarFile.extractall
+
+    def first_member_then_cut(self, path=".", members=None, **kwargs):
+        self.extract(self.getmembers()[0], path, **kwargs)
+        raise Cut
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", first_member_then_cut)
+    with pytest.raises(Cut):
+        load_dataset("cifar10", root=tmp_path, download=False)
+    assert not (tmp_path / "cifar-10-batches-py").exists()
+    monkeypatch.setattr(tarfile.TarFile, "extractall", real)
+    d = load_dataset("cifar10", root=tmp_path, download=False)  # extracted whole this time
+    assert d.train_labels.tolist() == list(range(10)) and server.requests == []

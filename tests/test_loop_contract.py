@@ -54,6 +54,23 @@ def test_update_steps_a_module_without_terms_only_when_told():
     assert torch.equal(a.weight, single.weight) and not torch.equal(a.weight, before)
 
 
+def test_update_zeroes_the_gradients_of_every_module_it_steps():
+    """A module in ``also_step`` (kdml's adapters) steps on this call's gradient alone: a
+    gradient left from an earlier batch is zeroed first, as for the named modules."""
+    x = torch.ones(2, 3)
+    fresh = {}
+    for stale in (False, True):
+        a, b, update = _two_modules()
+        if stale:  # what an earlier batch left behind
+            for module in (a, b):
+                for p in module.parameters():
+                    p.grad = torch.full_like(p, 100.0)
+        update({"a": {"loss": b(a(x)).square().mean()}}, also_step=("b",))
+        fresh[stale] = (a.weight.detach().clone(), b.weight.detach().clone())
+    assert torch.equal(fresh[True][0], fresh[False][0])
+    assert torch.equal(fresh[True][1], fresh[False][1])
+
+
 def test_update_naming_a_module_without_optimizer_is_a_clear_error():
     a, _, update = _two_modules()
     with pytest.raises(KeyError, match="'c', which has no optimizer; known: a, b"):
@@ -94,7 +111,7 @@ class WithAuxiliary(Method):
 @pytest.mark.parametrize("schedule", ["cosine", "step"])
 def test_auxiliary_optimizers_follow_the_networks_schedule(schedule):
     method = WithAuxiliary({"net1": nn.Linear(2, 2)})
-    config = _config(epochs=10, lr=0.1, schedule=schedule, milestones=(60, 120, 180))
+    config = _config(epochs=10, lr=0.1, schedule=schedule, milestones=(3, 6, 9))
     optimizers, schedulers = build_optimizers(method, config, torch.device("cpu"))
     assert set(schedulers) == {"net1", "critic"}
     factors = []

@@ -323,7 +323,9 @@ def test_dist_refuses_batches_of_one():
 
 @pytest.mark.parametrize("name", ["dkd", "dist", "kd_ls"])
 def test_methods_train_a_student_from_a_frozen_teacher(name, digits):
-    config = kdlab.TrainConfig(epochs=1, batch_size=50, device="cpu", precision="fp32", seed=0)
+    config = kdlab.TrainConfig(
+        epochs=1, batch_size=50, schedule="constant", device="cpu", precision="fp32", seed=0
+    )
     teacher = kdlab.build_model("cnn_tiny", digits.num_classes, digits.in_channels)
     before = [p.clone() for p in teacher.parameters()]
     run = kdlab.run(name, ["cnn_tiny"], digits, teacher=teacher, config=config, progress=False)

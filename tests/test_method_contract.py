@@ -28,7 +28,9 @@ def test_training_step_gets_the_epoch_from_1_and_the_step_from_0():
 
     method.training_step = spying_step
     data = kdlab.load_dataset("digits", train_size=40)
-    config = kdlab.TrainConfig(epochs=2, batch_size=16, device="cpu", precision="fp32")
+    config = kdlab.TrainConfig(
+        epochs=2, batch_size=16, schedule="constant", device="cpu", precision="fp32"
+    )
     kdlab.fit(method, data, config, progress=False)
     steps = -(-40 // 16)
     assert seen == [(e, s) for e in (1, 2) for s in range(steps)]

@@ -84,7 +84,7 @@ def test_every_layout_reads_the_same_tiles(tmp_path, layout, capsys):
 def test_the_task_reports_auroc_and_balanced_accuracy(tmp_path):
     d = load_dataset("msi_crc", root=write(tmp_path, "split-folders"), size=16)
     assert d.task.metrics == ("acc", "auroc", "balanced_acc") and d.task.positive == 0
-    config = kdlab.TrainConfig(epochs=1, batch_size=6, lr=0.05, device="cpu")
+    config = kdlab.TrainConfig(epochs=1, batch_size=6, lr=0.05, schedule="constant", device="cpu")
     run = kdlab.run("kdml", ["cnn_tiny", "cnn_tiny"], d, teacher="cnn_tiny", config=config,
                     progress=False)  # fmt: skip
     last = run.history[-1]

@@ -336,7 +336,9 @@ def test_discriminator_step_changes_no_network_and_network_step_no_discriminator
         return inner(x, y, spy, **where)
 
     method.training_step = spying_step  # the real fit, its optimizers and its update
-    config = TrainConfig(epochs=1, batch_size=50, lr=0.05, device="cpu", seed=0)
+    config = TrainConfig(
+        epochs=1, batch_size=50, lr=0.05, schedule="constant", device="cpu", seed=0
+    )
     fit(method, digits, config, progress=False)
     assert len(log) == 2 * 4  # two update calls per batch, 200 / 50 batches
     for named, changed in log[0::2]:
@@ -397,7 +399,7 @@ def test_tadml_checks_the_batch_size_before_training(digits):
         method.check_batch_size(16)
     method.check_batch_size(17)
     before = _snapshot(method)
-    config = TrainConfig(epochs=1, batch_size=10, device="cpu")
+    config = TrainConfig(epochs=1, batch_size=10, schedule="constant", device="cpu")
     with pytest.raises(ValueError, match="smallest batch has 10"):
         fit(method, digits, config, progress=False)
     assert not _changed(before, method)

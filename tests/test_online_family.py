@@ -377,7 +377,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(digits, tmp_path, name):
     """PCL's temporal means, their update counter and its per-peer views, ONE's gate and its
     optimizer: everything a step changes comes back from the checkpoint."""
     config = kdlab.TrainConfig(epochs=3, batch_size=50, lr=0.05, schedule="step",
-                               milestones=(130,), device="cpu")  # fmt: skip
+                               milestones=(2,), device="cpu")  # fmt: skip
     kwargs = dict(config=config, progress=False, rampup=2.0)
     whole = kdlab.run(name, FAMILY[name], digits, out=tmp_path / "whole", **kwargs)
     part = tmp_path / "part"

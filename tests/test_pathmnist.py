@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,6 +81,38 @@ def test_failed_download_gives_the_reason(tmp_path, monkeypatch):
     with pytest.raises(DatasetNotFoundError, match="download failed: Name or service not known"):
         load_dataset("pathmnist", tmp_path / "new", download=True)
     assert (tmp_path / "new").is_dir()  # the cache folder was made for the download
+
+
+def _medmnist_cut(tmp_path, error: BaseException):
+    """A medmnist whose download writes half the file in place, then fails with ``error``."""
+    whole = tmp_path / "source"
+    _write_npz(whole)
+    data = (whole / "pathmnist.npz").read_bytes()
+
+    def download(split, download, root):
+        Path(root, "pathmnist.npz").write_bytes(data[: len(data) // 2])
+        raise error
+
+    def complete(split, download, root):
+        Path(root, "pathmnist.npz").write_bytes(data)
+
+    return types.SimpleNamespace(PathMNIST=download), types.SimpleNamespace(PathMNIST=complete)
+
+
+@pytest.mark.parametrize("error", [OSError("connection reset"), KeyboardInterrupt()])
+def test_a_download_cut_half_way_leaves_nothing_a_later_load_reads(tmp_path, monkeypatch, error):
+    cut, complete = _medmnist_cut(tmp_path, error)
+    root = tmp_path / "cache"
+    monkeypatch.setitem(sys.modules, "medmnist", cut)
+    with pytest.raises((DatasetNotFoundError, KeyboardInterrupt)):
+        load_dataset("pathmnist", root, download=True)
+    assert not (root / "pathmnist.npz").exists()
+    assert [p.name for p in root.iterdir() if not p.name.startswith(".")] == []
+    # Offline now: the half file is not taken for the dataset.
+    with pytest.raises(DatasetNotFoundError, match="pathmnist is not in"):
+        load_dataset("pathmnist", root, download=False)
+    monkeypatch.setitem(sys.modules, "medmnist", complete)  # the next try completes
+    assert len(load_dataset("pathmnist", root, download=True).train_labels) == 36
 
 
 def test_file_in_the_wrong_format_is_a_clear_error(tmp_path):

@@ -122,8 +122,9 @@ def test_a_run_trains_with_label_smoothing_and_adam(digits):
     """The loop hands the recipe's ε to the method: the logged CE of a smoothed run is above
     the smallest CE a smoothed target allows (its entropy), and Adam trains past chance."""
     config = kdlab.TrainConfig(
-        epochs=3, batch_size=50, lr=3e-3, optimizer="adam", label_smoothing=0.2, device="cpu"
-    )
+        epochs=3, batch_size=50, lr=3e-3, optimizer="adam", label_smoothing=0.2,
+        schedule="constant", device="cpu",
+    )  # fmt: skip
     result = kdlab.run("independent", ["cnn_small"], digits, config=config, progress=False)
     assert result.method.label_smoothing == 0.2
     floor = -(0.82 * math.log(0.82) + 9 * 0.02 * math.log(0.02))  # entropy of the target

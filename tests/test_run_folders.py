@@ -112,7 +112,7 @@ def test_a_grid_cell_cut_in_its_teacher_phase_resumes(tmp_path, monkeypatch):
 
 
 def test_a_resumed_run_says_from_which_epoch_with_and_without_the_bar(digits, tmp_path, capsys):
-    config = kdlab.TrainConfig(epochs=3, batch_size=50, lr=0.05, device="cpu")
+    config = kdlab.TrainConfig(epochs=3, batch_size=50, lr=0.05, schedule="cosine", device="cpu")
     for progress in (False, True):
         out = tmp_path / f"bar-{progress}"
         kdlab.run("independent", ["cnn_tiny"], digits, config=config, out=out, stop_after=1,
@@ -175,7 +175,7 @@ def test_a_cli_run_into_a_run_folder_is_refused_or_overwritten_when_asked(tmp_pa
 def test_the_current_directory_is_never_a_run_folder(digits, tmp_path, monkeypatch, capsys, where):
     monkeypatch.chdir(tmp_path)
     out = str(tmp_path) if where == "cwd-by-path" else where
-    config = kdlab.TrainConfig(epochs=1, batch_size=50, device="cpu")
+    config = kdlab.TrainConfig(epochs=1, batch_size=50, schedule="cosine", device="cpu")
     with pytest.raises(NotARunFolderError, match="is the current directory: give the run a "
                                                  "folder of its own, e.g. out='runs/NAME'"):  # fmt: skip
         kdlab.run("independent", ["cnn_tiny"], digits, config=config, out=out, progress=False)

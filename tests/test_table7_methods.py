@@ -292,7 +292,7 @@ def test_a_resumed_fitnet_run_equals_an_uninterrupted_one(digits, tmp_path):
     """The regressor, its optimizer and its schedule are in the checkpoint: stopped after one
     epoch of its two-stage schedule and resumed, FitNet ends where the whole run ends."""
     config = kdlab.TrainConfig(epochs=3, batch_size=50, lr=0.05, schedule="step",
-                               milestones=(130,), device="cpu", precision="fp32")  # fmt: skip
+                               milestones=(2,), device="cpu", precision="fp32")  # fmt: skip
     torch.manual_seed(0)
     teacher = build_model("cnn_small", digits.num_classes, digits.in_channels)
     kwargs = dict(teacher=teacher, config=config, progress=False, stages=2, hint_epochs=1)

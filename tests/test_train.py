@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -102,9 +103,17 @@ def test_train_config_defaults_are_the_recipe():
     assert c.schedule == "step" and c.milestones == (60, 120, 180) and c.nesterov
 
 
-@pytest.mark.parametrize("amx, expected", [(True, torch.bfloat16), (False, None)])
-def test_auto_precision_on_the_cpu_is_bf16_only_with_amx(monkeypatch, amx, expected):
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "expected"),
+    [(True, False, torch.bfloat16), (False, True, torch.bfloat16), (True, True, torch.bfloat16),
+     (False, False, None)],
+)  # fmt: skip
+def test_auto_precision_on_the_cpu_is_bf16_where_it_is_native(
+    monkeypatch, amx, avx512_bf16, expected
+):
+    """AMX tiles (Intel Xeon 4th generation) or AVX512-BF16 (AMD Zen 4, Intel Cooper Lake)."""
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     assert pick_precision("auto", torch.device("cpu")) is expected
     assert pick_precision("fp32", torch.device("cpu")) is None  # an explicit choice wins
     assert pick_precision("bf16", torch.device("cpu")) is torch.bfloat16
@@ -113,7 +122,22 @@ def test_auto_precision_on_the_cpu_is_bf16_only_with_amx(monkeypatch, amx, expec
 
 def test_auto_precision_is_fp32_where_torch_cannot_tell(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     assert pick_precision("auto", torch.device("cpu")) is None
+
+
+def test_the_native_bf16_probe_agrees_with_the_cpu_flags():
+    """torch's probes against the kernel's list of CPU flags (what ``lscpu`` shows)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo here")
+    flags = set()
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.split(":", 1)[1].split())
+    native = bool({"amx_tile", "avx512_bf16"} & flags)
+    assert kdlab.train.cpu_has_native_bf16() is native
+    assert (pick_precision("auto", torch.device("cpu")) is torch.bfloat16) is native
 
 
 def test_the_run_records_the_precision_it_used(digits, tmp_path):

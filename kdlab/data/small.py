@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,15 @@ PATHMNIST_CLASSES = [
 _PATHMNIST_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 
 
+def _download_pathmnist(medmnist, root: Path, name: str) -> None:
+    """medmnist's download of ``name`` into a temporary folder in ``root``, then moved into place
+    (``os.replace``: atomic), so that an interrupted download leaves nothing named ``name``."""
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".pathmnist.") as tmp:
+        medmnist.PathMNIST(split="test", download=True, root=tmp)
+        os.replace(Path(tmp) / name, root / name)
+
+
 @register_dataset(
     "pathmnist", summary="MedMNIST's colorectal histology, 9 tissue classes, 28×28 RGB"
 )
@@ -61,7 +72,9 @@ def pathmnist(root: Path, download: bool = True) -> ImageDataset:
 
     Read from ``root/pathmnist.npz`` (MedMNIST's format: ``train_images`` N×28×28×3 uint8,
     ``train_labels`` N×1, likewise ``val_*`` and ``test_*``); when absent, the optional
-    ``medmnist`` package downloads it there. The validation split is not used.
+    ``medmnist`` package downloads it there, into a temporary folder first (medmnist writes
+    its download in place): only a finished, checked download is moved to ``root``, so a cut
+    leaves no half file that a later load would read. The validation split is not used.
     """
     path = root / "pathmnist.npz"
     reason = ""
@@ -72,8 +85,7 @@ def pathmnist(root: Path, download: bool = True) -> ImageDataset:
             reason = " (the optional medmnist package is not installed)"
         else:
             try:
-                root.mkdir(parents=True, exist_ok=True)
-                medmnist.PathMNIST(split="test", download=True, root=str(root))
+                _download_pathmnist(medmnist, root, path.name)
             except Exception as error:  # offline, or a failed download
                 reason = f" (download failed: {error})".replace("\n", " ")
     if not path.exists():

@@ -35,6 +35,7 @@ from typing import Any
 
 from ..methods import get_method
 from ..methods.base import make_params
+from ..optim import scale_milestones
 from ..profiles import Profile
 from ..profiles import profile as make_profile
 from .grid import OPTIONAL_SETTINGS, RUNNER, SETTINGS, Cell
@@ -132,7 +133,8 @@ def train_one(
 
     A teacher given by architecture to a method that needs it trained (``kd``; ``kdml`` with
     ``pretrained_teacher=True``) is trained first with independent training, on the same data,
-    seed and recipe (``teacher_epochs`` epochs if given), into ``out/teacher`` (in memory
+    seed and recipe (``teacher_epochs`` epochs if given, the milestones scaled to them:
+    :func:`kdlab.optim.scale_milestones`), into ``out/teacher`` (in memory
     without ``out``). Such a run has two phases in one folder, the teacher's run in
     ``out/teacher`` and then the students' in ``out``: the folder is claimed once for the whole
     run (:func:`kdlab.runfolder.claim`: refused when it holds a run and neither ``resume`` nor
@@ -164,7 +166,10 @@ def train_one(
             resume, overwrite = "auto", False  # each phase continues its own part
         if progress:
             print(f"training the teacher {teacher} first → {folder or 'memory'}", file=sys.stderr)
-        recipe = dataclasses.replace(config, epochs=teacher_epochs or config.epochs)
+        recipe = config
+        if teacher_epochs:  # the recipe shrunk (or grown) to the teacher's epochs
+            moved = scale_milestones(config.milestones, config.epochs, teacher_epochs)
+            recipe = dataclasses.replace(config, epochs=teacher_epochs, milestones=moved)
         done = run("independent", [teacher], data, config=recipe, out=folder, resume=resume,
                    progress=progress)  # fmt: skip
         arch, teacher = teacher, done.method.networks["net1"]

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..io import read_json, write_json
+from ..io import read_json, write_json, write_text
 from .aggregate import aggregate
 from .contract import (
     cell_parameters,
@@ -92,7 +92,7 @@ def plan(
     if how == "papermill" and RUNNER in names:
         import nbformat
 
-        nbformat.write(runner_notebook(), out / "runner.ipynb")
+        write_text(out / "runner.ipynb", nbformat.writes(runner_notebook()))
     todo = []
     for record in records:
         before = _read_record(out, record["name"])
