@@ -747,6 +747,14 @@ MUTATIONS = [
         DET_METHOD_TESTS,
     ),
     Mutation(
+        "det-alpha-on-peers",
+        "detection's peer term weighted by α (the teacher's weight) instead of β",
+        KDML_DET,
+        'terms["ml"] = beta * sum(',
+        'terms["ml"] = alpha * sum(',
+        ("tests/test_weights.py",),
+    ),
+    Mutation(
         "det-regions-from-teacher",
         "every student distilled on the first network's (the teacher's) proposals, not its own",
         KDML_DET,

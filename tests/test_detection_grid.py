@@ -63,7 +63,9 @@ def test_live_plot_draws_the_headline_metric_of_detection():
     plot.track("run")(history[-1], history)
     axes = plot.figure().axes
     assert [ax.get_title() for ax in axes] == ["test mAP (%)", "test mAP@0.5 (%)"]
-    assert list(axes[0].lines[0].get_ydata()) == [10.0, 20.0] and len(axes[1].lines) == 2
+    curves = {line.get_label(): list(line.get_ydata()) for line in axes[0].lines}
+    assert curves == {"run/teacher": [10.0, 20.0], "run/student1": [5.0, 10.0]}
+    assert len(axes[1].lines) == 2
     only = LivePlot(metrics=("acc", "map50"), networks=("teacher",))
     only.update = lambda: None
     only.track("run")(history[-1], history)
@@ -97,7 +99,7 @@ def test_a_pretrained_detection_teacher_must_be_given_trained():
     from kdlab.reproduce import train_one
 
     data = kdlab.load_dataset("synthetic_polyps", train=2, test=2)
-    config = kdlab.TrainConfig(epochs=1, batch_size=2, device="cpu")
+    config = kdlab.TrainConfig(epochs=1, batch_size=2, schedule="constant", device="cpu")
     with pytest.raises(ValueError, match="needs a trained detector: give a network or a saved"):
         train_one("kdml_det", ["fasterrcnn_tiny_cnn"] * 2, data, config=config,
                   teacher="fasterrcnn_tiny_resnet", pretrained_teacher=True)  # fmt: skip

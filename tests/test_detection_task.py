@@ -112,7 +112,7 @@ def test_detection_task_contract():
         ("map", "map50"),
         "detector",
     )
-    config = kdlab.TrainConfig(epochs=1, batch_size=4, seed=0)
+    config = kdlab.TrainConfig(epochs=1, batch_size=4, schedule="constant", seed=0)
     train, test = task.loaders(data, config, torch.device("cpu"))
     assert isinstance(train, DetectionLoader) and len(train) == 2 and train.min_batch_size == 3
     assert test.batch_size == 4  # not eval_batch_size's 1,024 images at once

@@ -22,6 +22,7 @@ import torch
 import kdlab
 from kdlab.data import DeviceLoader
 from kdlab.methods import METHODS
+from kdlab.methods.kdml_detection import DETECTOR_LOSSES
 
 WEIGHT_NAME = re.compile(r"^(alpha|beta|gamma|lam(_\w+)?|(\w+_)?weight)$")
 
@@ -87,6 +88,14 @@ WEIGHTS = {
     ),
 }  # fmt: skip
 TEACHERS = {"fsp": "cnn_tiny"}  # FSP needs the student's stage widths; others take cnn_small
+# Detection's KD + ML trains detectors on a batch of images with boxes (two classes: background
+# and polyp); its detector losses have no weight.
+DETECTORS = {"kdml_det": ("fasterrcnn_tiny_cnn", "fasterrcnn_tiny_resnet")}
+WEIGHTS["kdml_det"] = (
+    2, {}, {"alpha": 0.6, "beta": 1.8},
+    {"kd": lambda p: p.alpha, "ml": lambda p: p.beta,
+     **{loss: (lambda p: 1.0) for loss in DETECTOR_LOSSES}},
+)  # fmt: skip
 # The online family's single network has branches (kdlab.models.branches).
 ARCHS = {"one": "cnn_tiny_branches3", "cl_ilr": "cnn_tiny_branches3",
          "okddip": "cnn_tiny_branches4", "pcl": "cnn_tiny_branches3"}  # fmt: skip
@@ -113,11 +122,23 @@ def batch(digits):
     return x, y
 
 
+@pytest.fixture(scope="module")
+def detection_batch():
+    from kdlab.data.boxes import DetectionLoader
+
+    data = kdlab.load_dataset("synthetic_polyps", train=4, test=2)
+    return next(iter(DetectionLoader.train(data, 2, "cpu", seed=0)))
+
+
 def _method(name: str, count: int, fixed: dict, weights: dict):
     kdlab.seed_everything(0)
     cls = kdlab.get_method(name)
     one_student = count == 1 and cls.role == "student"
     roles = ["student"] if one_student else [f"{cls.role}{i}" for i in range(1, count + 1)]
+    if name in DETECTORS:
+        student, teacher = DETECTORS[name]
+        nets = {role: kdlab.build_model(student, 2) for role in roles}
+        return cls(nets, teacher=kdlab.build_model(teacher, 2), **fixed, **weights)
     nets = {role: kdlab.build_model(ARCHS.get(name, "cnn_tiny"), 10, 1) for role in roles}
     teacher = TEACHERS.get(name, "cnn_small")
     kwargs = {"teacher": kdlab.build_model(teacher, 10, 1)} if cls.teacher_mode else {}
@@ -165,8 +186,9 @@ def _check(name, count, fixed, weights, table, batch):
 
 
 @pytest.mark.parametrize("name", sorted(WEIGHTS))
-def test_every_weight_multiplies_its_own_term_only(name, batch):
+def test_every_weight_multiplies_its_own_term_only(name, request):
     count, fixed, weights, table = WEIGHTS[name]
+    batch = request.getfixturevalue("detection_batch" if name in DETECTORS else "batch")
     _check(name, count, fixed, weights, table, batch)
 
 

@@ -95,7 +95,8 @@ def time_detection(
     nets = {f"student{i}": build_model(a, 2) for i, a in enumerate(students, 1)}
     method = get_method("kdml_det")(nets, teacher=build_model(teacher, 2)).to(dev)
     config = TrainConfig(epochs=1, batch_size=batch_size, lr=0.01, weight_decay=1e-4,
-                         precision=precision, device=str(dev), seed=seed)  # fmt: skip
+                         schedule="constant", precision=precision, device=str(dev),
+                         seed=seed)  # fmt: skip
     precision_used = Precision.pick(config.precision, dev)
     optimizers, _ = build_optimizers(method, config, dev)
     update = Updater(optimizers, precision_used.scaler)
