@@ -119,13 +119,14 @@ def test_a_missing_folder_is_one_line_saying_where_it_goes(tmp_path, capsys):
     with pytest.raises(DatasetNotFoundError) as error:
         load_dataset("market1501", root=tmp_path)
     message = str(error.value)
-    assert "\n" not in message and "manual download" in message
+    assert "\n" not in message and "manual download" in message and "(root=…)" in message
     assert f"{tmp_path / market.FOLDER}/{{bounding_box_train,bounding_box_test,query}}" in message
     code = cli_main(["train", "--method", "dml", "--models", "mobilenetv1,mobilenetv1",
                      "--dataset", "market1501", "--data-root", str(tmp_path), "--epochs", "1",
                      "--out", str(tmp_path / "run")])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "market1501 is not in" in err
+    assert "(--data-root DIR)" in err and "root=" not in err  # the command line's own option
 
 
 # ------------------------------------------------------------------ the embedded set

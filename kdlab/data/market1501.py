@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_write
+from ..messages import interface
 from . import register_dataset
 from .images import JUNK, DatasetNotFoundError, RetrievalDataset
 
@@ -66,7 +67,8 @@ def _folder(root: Path) -> Path:
     raise DatasetNotFoundError(
         f"market1501 is not in {root}/ and cannot be downloaded (its licence asks for a manual "
         f"download): unzip Market-1501-v15.09.15.zip into {root}/ so that "
-        f"{root / FOLDER}/{{{','.join(SPLITS)}}}/ exist, or pass root=…"
+        f"{root / FOLDER}/{{{','.join(SPLITS)}}}/ exist, or give the folder that holds it "
+        f"({'--data-root DIR' if interface() == 'cli' else 'root=…'})"
     )
 
 
