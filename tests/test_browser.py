@@ -12,7 +12,8 @@ cells with ``KDLAB_PROFILE=smoke`` and checks that
    button updates the panel's ``.kdlab-live`` plot in place, and training finishes within
    ``KDLAB_BROWSER_TRAIN_TIMEOUT`` (default 120 s);
 4. screenshots of the panel before/after every change are saved as
-   ``runs/browser/<notebook>__<control>__before.png`` / ``__after.png``.
+   ``runs/browser/<notebook>__<control>__before.png`` / ``__after.png``, and one of every
+   figure after Run All as ``runs/browser/<notebook>__figure-NN.png``.
 
 How each check waits, and the other settings, are in ``tests/browser/``. Run with
 ``pytest -m browser tests/test_browser.py``; set ``KDLAB_BROWSER_ROOT`` to test another checkout
@@ -91,10 +92,11 @@ def _drive(session: NotebookSession) -> None:
     session.check_outputs()
     widgets = session.check_widgets_render()
     session.screenshot("executed")
+    figures = session.screenshot_figures()
     interactions = Controls(session).exercise_all()
     print(
         f"\n[{session.stem}] run all: {run_s:.1f}s, {widgets['views']} widget output(s), "
-        f"{widgets['panels']} panel(s), {len(interactions)} control(s), "
+        f"{widgets['panels']} panel(s), {figures} figure(s), {len(interactions)} control(s), "
         f"total {time.monotonic() - t0:.1f}s"
     )
     for i in interactions:

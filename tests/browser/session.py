@@ -181,3 +181,16 @@ class NotebookSession:
 
     def screenshot(self, name: str) -> None:
         self.page.screenshot(path=str(self.out_dir / f"{self.stem}__{name}.png"))
+
+    def screenshot_figures(self) -> int:
+        """Every figure the notebook shows (each image output, panels' included), one file
+        each, ``<notebook>__figure-NN.png``, as the reader sees it: the way to look at the
+        figures of a run in another profile (``KDLAB_BROWSER_PROFILE=lab``)."""
+        images = self.page.locator(
+            ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output img"
+        )
+        for i in range(images.count()):
+            image = images.nth(i)
+            image.scroll_into_view_if_needed()
+            image.screenshot(path=str(self.out_dir / f"{self.stem}__figure-{i + 1:02d}.png"))
+        return images.count()
