@@ -64,8 +64,9 @@ bench: $(STAMP)
 # The one-shot GPU check (kdlab/gpucheck.py) for a bare, offline GPU machine: no venv, no install,
 # the checkout on the path; under 8 minutes on one GPU. OUT=folder for the report (default
 # runs/gpu-check); DEVICE=cpu for its dry run on the CPU (a few minutes).
+# It runs with the venv's Python where there is one (a developer's checkout), else python3.
 gpu-check:
-	PYTHONPATH=. $(PYTHON) -m kdlab.gpucheck --out $(or $(OUT),runs/gpu-check) $(if $(DEVICE),--device $(DEVICE))
+	PYTHONPATH=. $(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m kdlab.gpucheck --out $(or $(OUT),runs/gpu-check) $(if $(DEVICE),--device $(DEVICE))
 
 clean:
 	rm -rf runs .pytest_cache
