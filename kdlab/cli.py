@@ -244,7 +244,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print((out / "summary.md").read_text())
     if (grid_out / "results.md").exists():
         print("\n" + (grid_out / "results.md").read_text())
-    print(f"\nwrote {out / 'summary.md'}, the executed notebooks, and the grid in {grid_out}")
+    grid_note = f", and the grid in {grid_out}" if (grid_out / "results.md").exists() else ""
+    print(f"\nwrote {out / 'summary.md'} and the executed notebooks{grid_note}")
     return 1 if failed or grid_ok is False else 0
 
 
