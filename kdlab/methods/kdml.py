@@ -45,6 +45,35 @@ def feature_mse(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(source, target)
 
 
+def check_students(method: str, networks) -> dict[str, nn.Module]:
+    """The students of a teacher-and-peers method, ``{name: network}``: two or more, none
+    named ``teacher`` (the teacher's name); a one-line ValueError otherwise."""
+    students = dict(networks)
+    if len(students) < 2:
+        raise ValueError(
+            f"{method} needs N ≥ 2 students, got {len(students)}: give two or more models"
+        )
+    if "teacher" in students:
+        raise ValueError("name the students student1, student2…; 'teacher' is the teacher's")
+    return students
+
+
+def attach_teacher(method: Method, students: dict, teacher: nn.Module | None, what: str) -> None:
+    """Put the teacher where the method's settings say: none with ``use_teacher=False`` (ML
+    only); frozen (no gradient, not trained, not reported) with ``pretrained_teacher``; else
+    trained online by the loop with the students, reported first."""
+    p = method.params
+    if not p.use_teacher:
+        return
+    if teacher is None:
+        raise ValueError(f"{method.name} needs a teacher {what} (or use_teacher=False: ML only)")
+    if p.pretrained_teacher:
+        teacher.requires_grad_(False)
+        method.frozen["teacher"] = teacher
+    else:
+        method.networks = nn.ModuleDict({"teacher": teacher, **students})
+
+
 @register
 class TeacherAndPeers(Method):
     """One teacher and N ≥ 2 students trained together online, KD + ML (METHODS.md §6).
@@ -98,24 +127,11 @@ class TeacherAndPeers(Method):
         adapter_lr: float = 1e-3  # Adam learning rate of the 1×1 adapters (styles="different")
 
     def __init__(self, networks, teacher: nn.Module | None = None, **params) -> None:
-        students = dict(networks)
-        if len(students) < 2:
-            raise ValueError(
-                f"kdml needs N ≥ 2 students, got {len(students)}: give two or more models"
-            )
-        if "teacher" in students:
-            raise ValueError("name the students student1, student2…; 'teacher' is the teacher's")
+        students = check_students(self.name, networks)
         super().__init__(students, **params)
         self.students: list[str] = list(students)
         p = self.params
-        if p.use_teacher:
-            if teacher is None:
-                raise ValueError("kdml needs a teacher network (or use_teacher=False: ML only)")
-            if p.pretrained_teacher:
-                teacher.requires_grad_(False)
-                self.frozen["teacher"] = teacher
-            else:  # online: trained by the loop with the students, reported first
-                self.networks = nn.ModuleDict({"teacher": teacher, **students})
+        attach_teacher(self, students, teacher, "network")
         if p.styles == "different":
             self.auxiliary["adapters"] = self._build_adapters(teacher if p.use_teacher else None)
 

@@ -22,7 +22,7 @@ from torch import nn
 from ..losses import kd_loss, mutual_kl
 from ..models.detection import DetectorPass, box_head_logits, detector_pass
 from .base import Method, check_temperature, check_weight, register
-from .kdml import SETUPS
+from .kdml import SETUPS, attach_teacher, check_students
 
 __all__ = ["DetectionTeacherAndPeers", "SETUPS", "DETECTOR_LOSSES", "region_logits", "region_terms"]
 
@@ -132,22 +132,10 @@ class DetectionTeacherAndPeers(Method):
         use_teacher: bool = True  # False: ML only, no teacher at all
 
     def __init__(self, networks, teacher: nn.Module | None = None, **params) -> None:
-        students = dict(networks)
-        if len(students) < 2:
-            raise ValueError(f"kdml_det needs N ≥ 2 students, got {len(students)}")
-        if "teacher" in students:
-            raise ValueError("name the students student1, student2…; 'teacher' is the teacher's")
+        students = check_students(self.name, networks)
         super().__init__(students, **params)
         self.students: list[str] = list(students)
-        p = self.params
-        if p.use_teacher:
-            if teacher is None:
-                raise ValueError("kdml_det needs a teacher detector (or use_teacher=False)")
-            if p.pretrained_teacher:
-                teacher.requires_grad_(False)
-                self.frozen["teacher"] = teacher
-            else:  # online: trained by the loop with the students, reported first
-                self.networks = nn.ModuleDict({"teacher": teacher, **students})
+        attach_teacher(self, students, teacher, "detector")
 
     def validate(self) -> None:
         p = self.params
