@@ -20,7 +20,7 @@ from torch import nn
 from ..losses import kd_loss, mutual_kl
 from .base import Method, check_choice, check_temperature, check_weight, register
 
-__all__ = ["TeacherAndPeers", "SETUPS", "feature_mse"]
+__all__ = ["TeacherAndPeers", "TeacherAndStudents", "SETUPS", "feature_mse"]
 
 SETUPS: dict[str, dict] = {
     "KD + ML": {},
@@ -45,37 +45,52 @@ def feature_mse(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(source, target)
 
 
-def check_students(method: str, networks) -> dict[str, nn.Module]:
-    """The students of a teacher-and-peers method, ``{name: network}``: two or more, none
-    named ``teacher`` (the teacher's name); a one-line ValueError otherwise."""
-    students = dict(networks)
-    if len(students) < 2:
-        raise ValueError(
-            f"{method} needs N ≥ 2 students, got {len(students)}: give two or more models"
-        )
-    if "teacher" in students:
-        raise ValueError("name the students student1, student2…; 'teacher' is the teacher's")
-    return students
+class TeacherAndStudents(Method):
+    """What the teacher-and-peers methods share (``kdml``, ``kdml_det``): N ≥ 2 students, none
+    named ``teacher``, and the teacher placed as the settings say (``Params`` has
+    ``use_teacher`` and ``pretrained_teacher``): none with ``use_teacher=False`` (ML only);
+    frozen (no gradient, not trained, not reported) with ``pretrained_teacher``; else trained
+    online by the loop with the students, reported first. The students' ensemble is reported."""
 
+    teacher_kind = "network"  # what the teacher is, in the error for a missing one
 
-def attach_teacher(method: Method, students: dict, teacher: nn.Module | None, what: str) -> None:
-    """Put the teacher where the method's settings say: none with ``use_teacher=False`` (ML
-    only); frozen (no gradient, not trained, not reported) with ``pretrained_teacher``; else
-    trained online by the loop with the students, reported first."""
-    p = method.params
-    if not p.use_teacher:
-        return
-    if teacher is None:
-        raise ValueError(f"{method.name} needs a teacher {what} (or use_teacher=False: ML only)")
-    if p.pretrained_teacher:
-        teacher.requires_grad_(False)
-        method.frozen["teacher"] = teacher
-    else:
-        method.networks = nn.ModuleDict({"teacher": teacher, **students})
+    def __init__(self, networks, teacher: nn.Module | None = None, **params) -> None:
+        students = dict(networks)
+        if len(students) < 2:
+            raise ValueError(
+                f"{self.name} needs N ≥ 2 students, got {len(students)}: give two or more models"
+            )
+        if "teacher" in students:
+            raise ValueError("name the students student1, student2…; 'teacher' is the teacher's")
+        super().__init__(students, **params)
+        self.students: list[str] = list(students)
+        p = self.params
+        if not p.use_teacher:
+            return
+        if teacher is None:
+            raise ValueError(
+                f"{self.name} needs a teacher {self.teacher_kind} (or use_teacher=False: ML only)"
+            )
+        if p.pretrained_teacher:
+            teacher.requires_grad_(False)
+            self.frozen["teacher"] = teacher
+        else:
+            self.networks = nn.ModuleDict({"teacher": teacher, **students})
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The teacher (trained online or frozen), or None for ML only."""
+        if "teacher" in self.networks:
+            return self.networks["teacher"]
+        return self.frozen["teacher"] if "teacher" in self.frozen else None
+
+    def ensemble_members(self) -> list[str]:
+        """The students only: the ensemble the paper reports is the students'."""
+        return list(self.students)
 
 
 @register
-class TeacherAndPeers(Method):
+class TeacherAndPeers(TeacherAndStudents):
     """One teacher and N ≥ 2 students trained together online, KD + ML (METHODS.md §6).
 
     Per batch every network is forwarded once, and one ``update`` trains them all:
@@ -127,11 +142,8 @@ class TeacherAndPeers(Method):
         adapter_lr: float = 1e-3  # Adam learning rate of the 1×1 adapters (styles="different")
 
     def __init__(self, networks, teacher: nn.Module | None = None, **params) -> None:
-        students = check_students(self.name, networks)
-        super().__init__(students, **params)
-        self.students: list[str] = list(students)
+        super().__init__(networks, teacher, **params)
         p = self.params
-        attach_teacher(self, students, teacher, "network")
         if p.styles == "different":
             self.auxiliary["adapters"] = self._build_adapters(teacher if p.use_teacher else None)
 
@@ -180,17 +192,6 @@ class TeacherAndPeers(Method):
             return {}
         params = self.auxiliary["adapters"].parameters()
         return {"adapters": torch.optim.Adam(params, lr=self.params.adapter_lr)}
-
-    @property
-    def teacher(self) -> nn.Module | None:
-        """The teacher (trained online or frozen), or None for ML only."""
-        if "teacher" in self.networks:
-            return self.networks["teacher"]
-        return self.frozen["teacher"] if "teacher" in self.frozen else None
-
-    def ensemble_members(self) -> list[str]:
-        """The students only: the ensemble the paper reports is the students'."""
-        return list(self.students)
 
     # -- one batch --------------------------------------------------------------------------------
     def training_step(self, x, y, update, *, epoch=1, step=0):

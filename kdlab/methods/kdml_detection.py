@@ -21,8 +21,8 @@ from torch import nn
 
 from ..losses import kd_loss, mutual_kl
 from ..models.detection import DetectorPass, box_head_logits, detector_pass
-from .base import Method, check_temperature, check_weight, register
-from .kdml import SETUPS, attach_teacher, check_students
+from .base import check_temperature, check_weight, register
+from .kdml import SETUPS, TeacherAndStudents
 
 __all__ = ["DetectionTeacherAndPeers", "SETUPS", "DETECTOR_LOSSES", "region_logits", "region_terms"]
 
@@ -89,7 +89,7 @@ def region_terms(
 
 
 @register
-class DetectionTeacherAndPeers(Method):
+class DetectionTeacherAndPeers(TeacherAndStudents):
     """One teacher and N ≥ 2 student detectors trained together, KD + ML on shared regions.
 
     Per batch every network runs its transform, backbone and (when trained) RPN and RoI
@@ -118,6 +118,7 @@ class DetectionTeacherAndPeers(Method):
     """
 
     name = "kdml_det"
+    teacher_kind = "detector"
     role = "student"
     teacher_mode = "online"
     min_networks = 2
@@ -131,12 +132,6 @@ class DetectionTeacherAndPeers(Method):
         pretrained_teacher: bool = False  # freeze the given (trained) teacher: offline KD + ML
         use_teacher: bool = True  # False: ML only, no teacher at all
 
-    def __init__(self, networks, teacher: nn.Module | None = None, **params) -> None:
-        students = check_students(self.name, networks)
-        super().__init__(students, **params)
-        self.students: list[str] = list(students)
-        attach_teacher(self, students, teacher, "detector")
-
     def validate(self) -> None:
         p = self.params
         check_weight("alpha", p.alpha)
@@ -144,17 +139,6 @@ class DetectionTeacherAndPeers(Method):
         check_temperature("temperature", p.temperature)
         if p.pretrained_teacher and not p.use_teacher:
             raise ValueError("pretrained_teacher needs use_teacher=True")
-
-    @property
-    def teacher(self) -> nn.Module | None:
-        """The teacher (trained online or frozen), or None for ML only."""
-        if "teacher" in self.networks:
-            return self.networks["teacher"]
-        return self.frozen["teacher"] if "teacher" in self.frozen else None
-
-    def ensemble_members(self) -> list[str]:
-        """The students only: the ensemble the paper reports is the students'."""
-        return list(self.students)
 
     # -- one batch ------------------------------------------------------------------------------
     def forward_regions(self, images, targets):
