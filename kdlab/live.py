@@ -152,9 +152,8 @@ class LivePlot:
 
         metrics = [self.metric if m == "acc" else m for m in self.metrics]
         return training_curves(
-            self.runs, metrics, networks=self.networks, split=self.split, title=self.title,
-            headline=self.metric,
-        )  # fmt: skip
+            self.runs, metrics, networks=self.networks, split=self.split, title=self.title
+        )
 
     def update(self) -> None:
         """Draw the current plot now."""

@@ -188,7 +188,7 @@ def _as_runs(runs) -> dict[str, dict[Any, list[Mapping]]]:
     return {setting: dict(seeds) for setting, seeds in runs.items()}
 
 
-def _collect(runs, metrics, networks, headline="acc"):
+def _collect(runs, metrics, networks):
     """Every curve, ``{(metric, position): {setting: [points of one seed, …]}}``, the network
     names behind each position (``{position: "net1 / peer1"}``) and each curve's label
     (``{(setting, position): "dml/peer1"}``)."""
@@ -296,7 +296,6 @@ def training_curves(
     networks: Sequence[str] | None = None,
     split: bool = False,
     title: str = "",
-    headline: str = "acc",
 ) -> Figure:
     """Curves of several settings, each trained with several seeds, aggregated over the seeds.
 
@@ -304,8 +303,8 @@ def training_curves(
     :class:`kdlab.train.History`), or a long table with ``label``, ``seed`` and ``epoch``
     columns (the curves of :func:`kdlab.reproduce.load_results`). ``metrics``: the panels, any
     of ``acc``, ``map``, ``map50``, ``agree``, ``js``, ``disc_acc`` (those with no curve are
-    left out); ``networks`` limits the per-network curves (the ``headline`` metric, the task's
-    ``acc`` or ``map``, and any other such as ``map50``) to those network names; the pairs'
+    left out); ``networks`` limits the per-network curves (the task's headline metric, ``acc``
+    or ``map``, and any other such as ``map50``) to those network names; the pairs'
     curves (``agree/peer1-peer2``) are always drawn.
 
     Each setting has one colour; its seeds are drawn as the mean line with a ± 1 sample sd band
@@ -316,7 +315,7 @@ def training_curves(
     the figure grows with it so that every panel keeps its size.
     """
     runs = _as_runs(runs)
-    curves, shown, labels = _collect(runs, metrics, networks, headline)
+    curves, shown, labels = _collect(runs, metrics, networks)
     settings = [s for s in runs if any(s in per for per in curves.values())] or list(runs)
     slots = sorted(curves, key=lambda k: (list(metrics).index(k[0]), k[1] == "ensemble", k[1]))
     positions = list(dict.fromkeys(position for _, position in slots))
